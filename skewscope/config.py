@@ -104,7 +104,9 @@ def load_settings(config_file: Path | None = None, env: dict[str, str] | None = 
         table = doc.get("skewscope", {})
         unknown = sorted(set(table) - names)
         if unknown:
-            raise ValueError(f"config file {config_file}: unknown settings {unknown}; known: {sorted(names)}")
+            raise ValueError(
+                f"config file {config_file}: unknown settings {unknown}; known: {sorted(names)}"
+            )
         for key, raw in table.items():
             values[key] = _coerce(key, raw, getattr(base, key))
     for key in names:

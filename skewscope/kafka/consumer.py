@@ -1,0 +1,140 @@
+"""DecodingConsumer: poll batches, decode Avro, send what cannot be decoded to the DLQ."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from schemas.codec import AvroCodec
+from schemas.errors import CodecError
+from skewscope.config import Settings
+from skewscope.kafka.client_config import base_config
+from skewscope.kafka.producer import EventProducer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One decoded message and where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    name: str
+    record: dict[str, Any]
+    timestamp_ms: int
+
+
+class DecodingConsumer:
+    """Consume and decode; never crash on bad bytes.
+
+    A message that fails to decode becomes a ``DeadLetter`` on the dead-letter topic, with its
+    original bytes, topic, partition, offset and the reason, and consumption goes on. With
+    ``group_id=None`` the consumer joins no group and commits nothing (replay, backtests).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Sequence[str],
+        group_id: str | None,
+        codec: AvroCodec | None = None,
+        dlq: EventProducer | None = None,
+        name: str = "worker",
+        **overrides: Any,
+    ) -> None:
+        self.settings = settings
+        self.codec = codec or AvroCodec(registry_url=settings.schema_registry_url)
+        self.name = name
+        self.dead_letters = 0
+        conf = base_config(settings)
+        conf.update(
+            {
+                "group.id": group_id or f"skewscope-nogroup-{name}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+            }
+        )
+        conf.update(overrides)
+        self._consumer = Consumer(conf)
+        self._dlq = dlq or EventProducer(settings, codec=AvroCodec())
+        self._topics = list(topics)
+        self._grouped = group_id is not None
+        if self._grouped:
+            self._consumer.subscribe(self._topics)
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        """Read exactly these partitions from their given offsets (no group)."""
+        self._consumer.assign(partitions)
+
+    def poll_batch(self, max_messages: int = 500, timeout_s: float = 1.0) -> list[Event]:
+        """Up to ``max_messages`` decoded events; bad ones go to the DLQ and are skipped."""
+        messages = self._consumer.consume(max_messages, timeout_s)
+        events: list[Event] = []
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error on %s: %s", msg.topic(), error.str())
+                continue
+            try:
+                decoded = self.codec.decode(msg.value())
+            except CodecError as exc:
+                self._dead_letter(msg, exc)
+                continue
+            events.append(
+                Event(
+                    topic=msg.topic() or "",
+                    partition=msg.partition() or 0,
+                    offset=msg.offset() or 0,
+                    key=msg.key(),
+                    name=decoded.name,
+                    record=decoded.record,
+                    timestamp_ms=msg.timestamp()[1],
+                )
+            )
+        return events
+
+    def _dead_letter(self, msg: Message, exc: CodecError) -> None:
+        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+        reason = f"topic {topic}: message at offset {offset} (partition {partition}): {exc}"
+        log.warning("%s; sent to %s", reason, self.settings.topics.dead_letter)
+        self._dlq.send(
+            self.settings.topics.dead_letter,
+            msg.key(),
+            "DeadLetter",
+            {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "key": msg.key(),
+                "value": msg.value(),
+                "error_type": type(exc).__name__,
+                "reason": str(exc),
+                "consumer": self.name,
+                "failed_at_ns": time.time_ns(),
+            },
+        )
+        self.dead_letters += 1
+
+    def commit(self) -> None:
+        """Flush dead letters, then commit consumed offsets (at-least-once, nothing lost)."""
+        self._dlq.flush()
+        if self._grouped:
+            try:
+                self._consumer.commit(asynchronous=False)
+            except Exception as exc:  # no offsets to commit yet is not an error
+                if "NO_OFFSET" not in str(exc):
+                    raise
+
+    def close(self) -> None:
+        self._dlq.flush()
+        self._consumer.close()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("infra.cli", "add_infra_commands"),
     ("schemas.cli", "add_schema_commands"),
+    ("producers.adapters.cli", "add_adapter_commands"),
 )
 
 

@@ -1,0 +1,63 @@
+"""confluent-kafka AdminClient construction from Settings, with librdkafka's logs silenced.
+
+librdkafka logs every refused connection to stderr; while we probe a broker that is still
+starting those lines are noise, so probes use a logger that drops them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from infra.net import first_bootstrap, port_open
+from skewscope.config import Settings
+
+_SILENT = logging.getLogger("skewscope.infra.librdkafka")
+_SILENT.addHandler(logging.NullHandler())
+_SILENT.propagate = False
+
+
+def client_config(settings: Settings, bootstrap: str | None = None) -> dict[str, Any]:
+    """librdkafka settings: bootstrap plus the security options that are set in settings."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap or settings.kafka_bootstrap,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    optional = {
+        "sasl.mechanism": settings.kafka_sasl_mechanism,
+        "sasl.username": settings.kafka_sasl_username,
+        "sasl.password": settings.kafka_sasl_password,
+        "ssl.ca.location": settings.kafka_ssl_ca_location,
+    }
+    conf.update({key: value for key, value in optional.items() if value})
+    return conf
+
+
+def admin_client(
+    settings: Settings, bootstrap: str | None = None, quiet: bool = False
+) -> AdminClient:
+    """An AdminClient for settings (or an explicit bootstrap); quiet=True drops librdkafka logs."""
+    conf = client_config(settings, bootstrap)
+    if quiet:
+        conf["logger"] = _SILENT
+        conf["error_cb"] = lambda _err: None
+    return AdminClient(conf)
+
+
+def broker_answers(
+    settings: Settings, bootstrap: str | None = None, timeout_s: float = 3.0
+) -> bool:
+    """True when the broker returns cluster metadata with at least one broker within timeout_s.
+
+    A cheap TCP check runs first, so a closed port answers False at once and quietly.
+    """
+    host, port = first_bootstrap(bootstrap or settings.kafka_bootstrap)
+    if not port_open(host, port):
+        return False
+    try:
+        meta = admin_client(settings, bootstrap, quiet=True).list_topics(timeout=timeout_s)
+    except Exception:  # KafkaException on timeout; anything else also means "not usable"
+        return False
+    return bool(meta.brokers)

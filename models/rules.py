@@ -1,0 +1,123 @@
+"""Runbook rules with persistence: a condition holds when its evidence held in k of n windows."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from models.runbook import Cause, Condition, Evidence, Runbook
+from streams.views import EntityView
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A condition whose evidence persisted on an entity in this window."""
+
+    condition: Condition
+    view: EntityView
+    severity: float
+    confidence: float
+    root_cause: str
+    directive: str
+    directive_text: str
+    evidence: tuple[tuple[Evidence, float], ...]
+    sources_missing: tuple[str, ...]
+    impact: str
+
+
+def _severity(cond: Condition, features: dict[str, float]) -> float:
+    value = features.get(cond.severity_feature)
+    if value is None:
+        return 0.5
+    span = cond.severity_high - cond.severity_low
+    frac = (abs(value) - cond.severity_low) / span if span else 1.0
+    return round(min(1.0, max(0.05, frac)), 4)
+
+
+def _impact(template: str, features: dict[str, float]) -> str:
+    if not template:
+        return ""
+
+    class _Values(dict[str, object]):
+        def __missing__(self, key: str) -> object:
+            return float("nan")
+
+    try:
+        return template.format_map(_Values({k.replace(".", "_"): v for k, v in features.items()}))
+    except (ValueError, KeyError, IndexError):
+        return template
+
+
+def _template(template: str) -> str:
+    # "{nccl.caused_wait_ratio:.0%}" -> "{nccl_caused_wait_ratio:.0%}" (format_map keys).
+    out: list[str] = []
+    depth = 0
+    for ch in template:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        out.append("_" if ch == "." and depth and not _in_spec(out) else ch)
+    return "".join(out)
+
+
+def _in_spec(chars: list[str]) -> bool:
+    text = "".join(chars)
+    return text.rfind(":") > text.rfind("{")
+
+
+@dataclass
+class RuleEngine:
+    """Evaluates every runbook condition on every view, with per-entity persistence."""
+
+    runbook: Runbook
+    _history: dict[tuple[str, str], deque[bool]] = field(default_factory=dict)
+
+    def evaluate(self, views: list[EntityView]) -> list[Finding]:
+        findings = []
+        for view in views:
+            for cond in self.runbook.for_entity(view.kind):
+                finding = self._evaluate_one(cond, view)
+                if finding is not None:
+                    findings.append(finding)
+        return findings
+
+    def _evaluate_one(self, cond: Condition, view: EntityView) -> Finding | None:
+        missing_required = [s for s in cond.required_sources if s not in view.sources_present]
+        holds = not missing_required and all(e.holds(view.features) for e in cond.evidence)
+        key = (view.entity, cond.id)
+        history = self._history.get(key)
+        if history is None:
+            if not holds:
+                return None  # nothing to remember: keeps state bounded to active suspects
+            history = deque(maxlen=cond.persistence_n)
+            self._history[key] = history
+        history.append(bool(holds))
+        if not any(history):
+            del self._history[key]
+            return None
+        if sum(history) < cond.persistence_k or not holds:
+            return None
+        missing = tuple(s for s in cond.optional_sources if s not in view.sources_present)
+        confidence = self.runbook.missing_source_penalty ** len(missing)
+        cause: Cause | None = next(
+            (c for c in cond.causes if all(e.holds(view.features) for e in c.when)), None
+        )
+        evidence = tuple((e, view.features[e.feature]) for e in cond.evidence)
+        if cause is not None:
+            evidence += tuple((e, view.features[e.feature]) for e in cause.when)
+        return Finding(
+            condition=cond,
+            view=view,
+            severity=_severity(cond, view.features),
+            confidence=round(confidence, 4),
+            root_cause=cause.root_cause if cause else cond.root_cause,
+            directive=cause.directive if cause else cond.directive,
+            directive_text=cause.directive_text if cause else cond.directive_text,
+            evidence=evidence,
+            sources_missing=missing,
+            impact=_impact(_template(cond.impact), view.features),
+        )
+
+    def active(self) -> int:
+        return len(self._history)

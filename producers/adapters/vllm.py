@@ -1,0 +1,92 @@
+"""vLLM ``GET /metrics`` -> EngineSampleFrame, one frame per engine per scrape.
+
+Metric names read (V0 and V1 spell some differently; either is taken):
+
+=========================  ==========================================================
+frame column               vLLM sample
+=========================  ==========================================================
+num_running                ``vllm:num_requests_running``
+num_waiting                ``vllm:num_requests_waiting``
+kv_cache_usage_ratio       ``vllm:kv_cache_usage_perc`` (V1 >= 0.10), else
+                           ``vllm:gpu_cache_usage_perc`` (V0, early V1); both are
+                           already ratios 0..1 despite the name
+preemptions_total          ``vllm:num_preemptions_total``
+prompt_tokens_total        ``vllm:prompt_tokens_total``
+generation_tokens_total    ``vllm:generation_tokens_total``
+=========================  ==========================================================
+
+Sentinels for what vLLM does not export: ``batch_capacity`` (max_num_seqs is not in
+/metrics), ``step_duration_ns`` (no per-step timing; inter-token-latency histograms are
+per request) and ``tokenizer_queue_depth`` are ``-1``; a missing gauge is ``-1`` (counts) or
+``NaN`` (``kv_cache_usage_ratio``).
+
+Engines: samples are grouped by the ``engine`` label (data-parallel vLLM >= 0.10 reports
+``engine="0"``, ``engine="1"``...). A labelled engine's frame has
+``replica = "<replica>/engine<N>"``; unlabelled samples form one engine with
+``replica = <replica>``. An engine gets a frame only when at least one of the samples above
+is present (a fragment holding only histogram buckets yields none). With several
+``model_name`` values in one engine, the first sample of each name wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from producers.adapters.common import AdapterOutput, FrameContext, SkippedLine
+from producers.adapters.engine_frames import EngineSnapshot, as_count, engine_frame
+from producers.adapters.prometheus_text import Exposition, parse
+
+_COUNTS = {
+    "vllm:num_requests_running": "num_running",
+    "vllm:num_requests_waiting": "num_waiting",
+    "vllm:num_preemptions_total": "preemptions_total",
+    "vllm:prompt_tokens_total": "prompt_tokens_total",
+    "vllm:generation_tokens_total": "generation_tokens_total",
+}
+# Later entries win: the V1 name is preferred when both are exported.
+_KV_NAMES = ("vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc")
+
+
+@dataclass
+class VllmScrape:
+    """Engines found in one scrape, keyed by engine label, plus the lines skipped."""
+
+    engines: dict[str, EngineSnapshot] = field(default_factory=dict)
+    skipped: list[SkippedLine] = field(default_factory=list)
+    exposition: Exposition = field(default_factory=Exposition)
+
+
+def from_exposition(expo: Exposition) -> VllmScrape:
+    """Engine snapshots from already-parsed exposition samples."""
+    scrape = VllmScrape(skipped=list(expo.skipped), exposition=expo)
+    kv_rank: dict[str, int] = {}
+    filled: set[tuple[str, str]] = set()
+    for sample in expo.samples:
+        engine = sample.labels.get("engine", "")
+        if sample.name in _COUNTS:
+            attr = _COUNTS[sample.name]
+            if (engine, attr) in filled:
+                continue
+            filled.add((engine, attr))
+            snap = scrape.engines.setdefault(engine, EngineSnapshot(engine=engine))
+            setattr(snap, attr, as_count(sample.value))
+        elif sample.name in _KV_NAMES:
+            rank = _KV_NAMES.index(sample.name)
+            if kv_rank.get(engine, -1) >= rank:
+                continue
+            kv_rank[engine] = rank
+            snap = scrape.engines.setdefault(engine, EngineSnapshot(engine=engine))
+            snap.kv_cache_usage_ratio = sample.value
+    return scrape
+
+
+def parse_vllm(text: str, strict: bool = False) -> VllmScrape:
+    """Parse a vLLM /metrics body (tolerant unless ``strict``; see prometheus_text)."""
+    return from_exposition(parse(text, strict=strict, source="vllm /metrics"))
+
+
+def vllm_frames(text: str, ctx: FrameContext, ts_ns: int) -> AdapterOutput:
+    """EngineSampleFrames of one scrape taken at ``ts_ns``, engines in label order."""
+    scrape = parse_vllm(text)
+    frames = [engine_frame(scrape.engines[e], ctx, ts_ns) for e in sorted(scrape.engines)]
+    return AdapterOutput(frames, scrape.skipped)

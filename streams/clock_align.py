@@ -1,0 +1,88 @@
+"""Clock alignment from blocking collectives, whose end times line up on every rank.
+
+For a sampled collective seen on several ranks, each rank's local end time (start +
+duration, in its node's clock) marks the *same* true instant. The difference between a
+clock's end time and the reference clock's end time for the same collective is therefore a
+direct sample of that clock's offset: no network message is involved, so path asymmetry does
+not bias it. The estimate is the median of recent samples (robust to jitter and to the odd
+rank that was descheduled); recent means a sliding window of event time, which follows drift.
+A sample far from the current estimate that persists is a clock *step*: reported, and the
+estimate re-converges to it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ClockEstimate:
+    offset_ns: float
+    samples: int
+    last_step_ns: float  # size of the last detected step (0: none)
+    last_step_at_ns: int
+
+
+@dataclass
+class ClockAligner:
+    """Offsets of every clock relative to a reference clock (the first one seen per group)."""
+
+    window_ns: int = 2_000_000_000
+    max_samples: int = 512
+    step_threshold_ns: int = 1_000_000
+    _samples: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
+    _reference: dict[str, str] = field(default_factory=dict)  # deployment -> reference clock
+    _steps: dict[str, tuple[float, int]] = field(default_factory=dict)
+    _offset_cache: dict[str, float] = field(default_factory=dict)
+
+    def reference(self, deployment: str) -> str | None:
+        return self._reference.get(deployment)
+
+    def observe(self, deployment: str, ends_ns: dict[str, int]) -> None:
+        """One collective: local end time per clock id (at least two clocks to be useful)."""
+        if len(ends_ns) < 2:
+            return
+        ref = self._reference.setdefault(deployment, min(ends_ns))
+        if ref not in ends_ns:
+            # Chain through a clock already aligned to the reference.
+            aligned = [c for c in ends_ns if c in self._offset_cache or c == ref]
+            if not aligned:
+                return
+            anchor = aligned[0]
+            ref_end = ends_ns[anchor] - self.offset_ns(anchor)
+        else:
+            ref_end = float(ends_ns[ref])
+        for clock, end_ns in ends_ns.items():
+            if clock == ref:
+                continue
+            self._add(clock, end_ns, end_ns - ref_end)
+
+    def _add(self, clock: str, at_ns: int, sample_ns: float) -> None:
+        window = self._samples.setdefault(clock, deque(maxlen=self.max_samples))
+        previous = self._offset_cache.get(clock)
+        window.append((at_ns, sample_ns))
+        while window and window[0][0] < at_ns - self.window_ns:
+            window.popleft()
+        estimate = float(np.median([s for _, s in window]))
+        if previous is not None and abs(estimate - previous) > self.step_threshold_ns:
+            self._steps[clock] = (estimate - previous, at_ns)
+        self._offset_cache[clock] = estimate
+
+    def offset_ns(self, clock: str) -> float:
+        """Current offset of ``clock`` (local minus reference); 0 for unknown or reference."""
+        return self._offset_cache.get(clock, 0.0)
+
+    def estimate(self, clock: str) -> ClockEstimate:
+        step, at = self._steps.get(clock, (0.0, 0))
+        return ClockEstimate(
+            offset_ns=self.offset_ns(clock),
+            samples=len(self._samples.get(clock, ())),
+            last_step_ns=step,
+            last_step_at_ns=at,
+        )
+
+    def clocks(self) -> list[str]:
+        return sorted(self._offset_cache)

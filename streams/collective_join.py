@@ -1,0 +1,233 @@
+"""Collective join by (deployment, communicator, step): who arrived late, who waited.
+
+In a blocking collective the *end* times line up, so the rank that arrives last has the
+*shortest* duration and waits least, while its peers wait for it. The join therefore names the
+late arriver from durations alone (no clock needed) and cross-checks it with start times
+corrected by :class:`~streams.clock_align.ClockAligner`; disagreement between the two is the
+signature of a clock fault, not of a straggler.
+
+Per completed step and rank it emits:
+
+* ``last_arrival``: 1 when this rank had the shortest duration (the late arriver), else 0;
+* ``caused_wait_ratio``: (group median duration - own duration) / step period: how much of
+  each step the group spends waiting because of this rank (positive for the late rank);
+* ``wait_ratio``: (own duration - shortest duration) / step period (victims wait);
+* ``coll_duration_ratio``: own duration / group median;
+* ``lateness_ns``: clock-corrected start minus the group's median corrected start;
+* ``start_duration_disagree``: 1 when the latest corrected start is not the shortest duration.
+
+A step whose ranks do not all report before the watermark passes its start by
+``join_timeout_ns`` is closed with the absent ranks counted in ``missing_steps``; peers that
+report the step as still in flight (``collective_count`` 0) while a rank is absent give
+``blocked_s`` to the absent rank: the rank-hang signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streams.clock_align import ClockAligner
+from streams.features.base import Extractor, span
+from streams.hopping import HoppingSpec
+
+
+@dataclass
+class _Arrival:
+    clock: str
+    start_ns: int
+    duration_ns: int
+
+
+@dataclass
+class _OpenStep:
+    group_size: int
+    first_seen_ns: int
+    ranks: dict[int, _Arrival] = field(default_factory=dict)
+    inflight: dict[int, tuple[int, int]] = field(default_factory=dict)  # rank -> (start, blocked)
+
+
+class CollectiveExtractor(Extractor):
+    SCHEMA = "CollectiveFrame"
+    SOURCE = "nccl"
+    ENTITY_KIND = "rank"
+    FEATURES = {
+        "last_arrival": "mean",
+        "caused_wait_ratio": "mean",
+        "wait_ratio": "mean",
+        "coll_duration_ratio": "mean",
+        "lateness_ns": "mean",
+        "start_duration_disagree": "mean",
+        "step_period_ns": "mean",
+        "steps": "sum",
+        "missing_steps": "sum",
+        "blocked_s": "max",
+    }
+
+    def __init__(
+        self,
+        spec: HoppingSpec,
+        aligner: ClockAligner | None = None,
+        join_timeout_ns: int = 500_000_000,
+        max_open_steps: int = 20_000,
+        stale_step_ns: int = 60_000_000_000,
+    ) -> None:
+        super().__init__(spec)
+        self.aligner = aligner or ClockAligner()
+        self.join_timeout_ns = join_timeout_ns
+        self.max_open_steps = max_open_steps
+        self.stale_step_ns = stale_step_ns
+        self.open: dict[tuple[str, str, int], _OpenStep] = {}
+        self._last_start: dict[tuple[str, str, int], tuple[int, int]] = {}
+        self._period: dict[tuple[str, str, int], float] = {}
+        self.rank_node: dict[str, str] = {}
+        self.evicted_steps = 0
+        self._detail_pending: dict[tuple[str, int, int], dict[str, int]] = {}
+
+    # -- input ------------------------------------------------------------------------
+    def ingest(self, record: dict[str, Any], cols: dict[str, np.ndarray]) -> tuple[int, int]:
+        deployment, group = record["deployment"], record["group_id"]
+        clock, size = record["clock_id"], record["group_size"]
+        steps = cols["step"].tolist()
+        ranks = cols["rank"].tolist()
+        counts = cols["collective_count"].tolist()
+        starts = cols["first_start_ns"].tolist()
+        durations = cols["duration_sum_ns"].tolist()
+        for step, rank, count, start, duration in zip(
+            steps, ranks, counts, starts, durations, strict=True
+        ):
+            self.rank_node[f"{deployment}/rank{rank}"] = record["node"]
+            key = (deployment, group, step)
+            entry = self.open.get(key)
+            if entry is None:
+                entry = _OpenStep(size, start)
+                self.open[key] = entry
+            if count == 0:
+                entry.inflight[rank] = (start, duration)
+                continue
+            entry.inflight.pop(rank, None)
+            entry.ranks[rank] = _Arrival(clock, start, duration)
+            self._note_period(deployment, group, rank, step, start)
+        self._observe_detail(deployment, clock, cols)
+        if len(self.open) > self.max_open_steps:
+            self._evict_oldest()
+        # Progress is the rows' end times: an in-flight row's start + time blocked so far is
+        # the frame's own time, so a blocked group still advances the watermark.
+        return span(cols["first_start_ns"] + cols["duration_sum_ns"])
+
+    def _note_period(self, deployment: str, group: str, rank: int, step: int, start: int) -> None:
+        key = (deployment, group, rank)
+        prev = self._last_start.get(key)
+        self._last_start[key] = (step, start)
+        if prev is not None and step > prev[0] and start > prev[1]:
+            period = (start - prev[1]) / (step - prev[0])
+            old = self._period.get(key)
+            self._period[key] = period if old is None else 0.8 * old + 0.2 * period
+
+    def _observe_detail(self, deployment: str, clock: str, cols: dict[str, np.ndarray]) -> None:
+        n = len(cols["detail_step"])
+        if n == 0:
+            return
+        ends = cols["detail_start_ns"] + cols["detail_duration_ns"]
+        pending = self._detail_pending
+        for step, seq, end in zip(
+            cols["detail_step"].tolist(), cols["detail_seq"].tolist(), ends.tolist(), strict=True
+        ):
+            clocks = pending.setdefault((deployment, step, seq), {})
+            clocks.setdefault(clock, end)
+
+    # -- closing ----------------------------------------------------------------------
+    def close_until(self, watermark_ns: int) -> list[str]:
+        """Close steps complete or timed out by ``watermark_ns``; return hang suspects.
+
+        A step some ranks report as in flight while others never arrived stays open: every
+        call then adds ``blocked_s`` (how long the peers have waited) and ``missing_steps`` to
+        the absent ranks in the pane just before ``watermark_ns``, so the evidence persists for
+        as long as the hang does. Without in-flight peers an incomplete step is closed after
+        ``join_timeout_ns`` with the absent ranks counted in ``missing_steps`` only.
+        """
+        self._flush_detail(watermark_ns)
+        suspects: list[str] = []
+        done = []
+        pane_now = (watermark_ns - 1) // self.spec.hop_ns
+        for key, entry in self.open.items():
+            age_ns = watermark_ns - entry.first_seen_ns
+            if len(entry.ranks) >= entry.group_size:
+                self._close(key, entry)
+                done.append(key)
+            elif age_ns > self.join_timeout_ns and entry.inflight:
+                deployment = key[0]
+                for rank in range(entry.group_size):
+                    if rank in entry.ranks or rank in entry.inflight:
+                        continue
+                    entity = f"{deployment}/rank{rank}"
+                    values = {"missing_steps": 1.0, "blocked_s": age_ns / 1e9}
+                    self.store.add_one(pane_now, entity, values)
+                    suspects.append(entity)
+                if age_ns > self.stale_step_ns:
+                    done.append(key)
+            elif age_ns > self.join_timeout_ns:
+                for rank in range(entry.group_size):
+                    if rank not in entry.ranks:
+                        entity = f"{key[0]}/rank{rank}"
+                        self.store.add_one(pane_now, entity, {"missing_steps": 1.0})
+                self._close(key, entry)
+                done.append(key)
+        for key in done:
+            del self.open[key]
+        return suspects
+
+    def _flush_detail(self, watermark_ns: int) -> None:
+        pending = self._detail_pending
+        for key in list(pending):
+            clocks = pending[key]
+            if len(clocks) >= 2 and max(clocks.values()) < watermark_ns:
+                self.aligner.observe(key[0], clocks)
+                del pending[key]
+            elif max(clocks.values()) < watermark_ns - self.join_timeout_ns:
+                del pending[key]
+
+    def _close(self, key: tuple[str, str, int], entry: _OpenStep) -> None:
+        deployment, group, _step = key
+        present = sorted(entry.ranks)
+        if len(present) < 2:
+            return
+        arrivals = [entry.ranks[r] for r in present]
+        durations = np.array([a.duration_ns for a in arrivals], dtype=np.float64)
+        starts = np.array(
+            [a.start_ns - self.aligner.offset_ns(a.clock) for a in arrivals], dtype=np.float64
+        )
+        median_duration = float(np.median(durations))
+        shortest = int(np.argmin(durations))
+        latest_start = int(np.argmax(starts))
+        median_start = float(np.median(starts))
+        for i, rank in enumerate(present):
+            period = self._period.get((deployment, group, rank))
+            entity = f"{deployment}/rank{rank}"
+            values = {
+                "steps": 1.0,
+                "last_arrival": 1.0 if i == shortest else 0.0,
+                "coll_duration_ratio": durations[i] / median_duration if median_duration else 1.0,
+                "lateness_ns": starts[i] - median_start,
+                "start_duration_disagree": 1.0 if (i == shortest) != (i == latest_start) else 0.0,
+            }
+            if period:
+                values["step_period_ns"] = period
+                values["caused_wait_ratio"] = (median_duration - durations[i]) / period
+                values["wait_ratio"] = (durations[i] - durations[shortest]) / period
+            pane = arrivals[i].start_ns // self.spec.hop_ns
+            self.store.add_one(pane, _group_entity(entity, group), values)
+
+    def _evict_oldest(self) -> None:
+        oldest = sorted(self.open, key=lambda k: self.open[k].first_seen_ns)
+        for key in oldest[: len(self.open) - self.max_open_steps]:
+            del self.open[key]
+            self.evicted_steps += 1
+
+
+def _group_entity(rank_entity: str, group: str) -> str:
+    """Features of TP and PP communicators stay apart: ``dep/rank3`` vs ``dep/rank3#pp0-1``."""
+    kind = group.split("-")[0].rstrip("0123456789")
+    return rank_entity if kind == "tp" else f"{rank_entity}#{group}"

@@ -1,0 +1,90 @@
+"""Engine scheduler samples -> features per deployment (replica)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from streams.features.base import Extractor, span
+
+
+class EngineExtractor(Extractor):
+    SCHEMA = "EngineSampleFrame"
+    SOURCE = "engine"
+    ENTITY_KIND = "replica"
+    FEATURES = {
+        "num_waiting": "mean",
+        "num_running": "mean",
+        "batch_fill_ratio": "mean",
+        "kv_cache_usage_ratio": "mean",
+        "kv_cache_usage_ratio_max": "max",
+        "preemptions_per_s": "mean",
+        "generation_tokens_per_s": "mean",
+        "prompt_tokens_per_s": "mean",
+        "step_duration_ns": "mean",
+        "tokenizer_queue_depth": "mean",
+        "expert_tokens_max_over_mean": "mean",
+        "underfilled_with_queue_share": "mean",
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last: dict[str, tuple[int, np.ndarray]] = {}
+
+    def ingest(self, record: dict[str, Any], cols: dict[str, np.ndarray]) -> tuple[int, int]:
+        ts = cols["ts_ns"]
+        n = len(ts)
+        if n == 0:
+            return span(ts)
+        entity = record["deployment"]
+        running = cols["num_running"].astype(np.float64)
+        waiting = cols["num_waiting"].astype(np.float64)
+        capacity = cols["batch_capacity"].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fill = np.where(capacity > 0, running / capacity, np.nan)
+        cumulative = np.vstack(
+            [
+                cols["preemptions_total"],
+                cols["generation_tokens_total"],
+                cols["prompt_tokens_total"],
+            ]
+        ).astype(np.float64)
+        rates = self._rates(entity, ts, cumulative)
+        n_experts = record.get("n_experts", 0)
+        if n_experts:
+            tokens = cols["expert_tokens"].reshape(n, n_experts).astype(np.float64)
+            mean = tokens.mean(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                skew = np.where(mean > 0, tokens.max(axis=1) / mean, np.nan)
+        else:
+            skew = np.full(n, np.nan)
+        underfilled = ((fill < 0.75) & (waiting > 0)).astype(np.float64)
+        values = np.column_stack(
+            [
+                waiting,
+                running,
+                fill,
+                cols["kv_cache_usage_ratio"],
+                cols["kv_cache_usage_ratio"],
+                rates[0],
+                rates[1],
+                rates[2],
+                np.where(cols["step_duration_ns"] > 0, cols["step_duration_ns"], np.nan),
+                np.where(cols["tokenizer_queue_depth"] >= 0, cols["tokenizer_queue_depth"], np.nan),
+                skew,
+                np.where(np.isfinite(fill), underfilled, np.nan),
+            ]
+        ).astype(np.float64)
+        self.store.add_rows(self.panes(ts), [entity] * n, values)
+        return span(ts)
+
+    def _rates(self, entity: str, ts: np.ndarray, cumulative: np.ndarray) -> np.ndarray:
+        prev = self._last.get(entity)
+        self._last[entity] = (int(ts[-1]), cumulative[:, -1].copy())
+        prev_ts, prev_vals = prev if prev is not None else (int(ts[0]), cumulative[:, 0])
+        all_ts = np.concatenate(([prev_ts], ts)).astype(np.int64)
+        delta = np.diff(np.concatenate((prev_vals[:, None], cumulative), axis=1), axis=1)
+        dt_s = np.diff(all_ts) / 1e9
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where((delta >= 0) & (dt_s > 0), delta / dt_s, np.nan)

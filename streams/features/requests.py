@@ -1,0 +1,185 @@
+"""Request join by request id: lifecycle events -> per-request latencies -> replica features.
+
+Events of one request arrive in separate frames (and, for DPU flows, from another source);
+the join keeps each open request's milestones until it finishes. State is bounded: at most
+``max_open_requests`` per deployment (the oldest are evicted and counted) and requests with no
+event for ``request_timeout_ns`` of event time are expired and counted, never kept forever.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streams.features.base import Extractor, span
+from streams.hopping import HoppingSpec
+
+ARRIVED, SCHEDULED, PREFILL_START, FIRST_TOKEN, FINISHED, PREEMPTED, ABORTED = range(7)
+
+
+@dataclass
+class OpenRequest:
+    """Milestones of one request, ns in the engine's clock (-1: not yet seen)."""
+
+    arrived_ns: int = -1
+    scheduled_ns: int = -1
+    prefill_start_ns: int = -1
+    first_token_ns: int = -1
+    prompt_tokens: int = 0
+    preemptions: int = 0
+    last_event_ns: int = 0
+
+
+@dataclass
+class JoinedRequest:
+    """A request whose first token was seen: the latencies the engine also reports."""
+
+    request_id: str
+    deployment: str
+    ttft_ns: int
+    queue_delay_ns: int
+    arrival_to_prefill_ns: int
+    prefill_ns: int
+
+
+@dataclass
+class RequestJoinStats:
+    evicted: int = 0
+    expired: int = 0
+    unmatched_events: int = 0
+    joined: list[JoinedRequest] = field(default_factory=list)
+
+
+class RequestExtractor(Extractor):
+    SCHEMA = "EngineRequestFrame"
+    SOURCE = "engine"
+    ENTITY_KIND = "replica"
+    FEATURES = {
+        "arrivals": "sum",
+        "prompt_tokens_mean": "mean",
+        "ttft_s": "mean",
+        "ttft_s_max": "max",
+        "queue_delay_s": "mean",
+        "queue_delay_s_max": "max",
+        "arrival_to_prefill_s": "mean",
+        "prefill_s": "mean",
+        "decode_tokens_per_s": "mean",
+        "request_preemptions": "sum",
+    }
+
+    def __init__(
+        self,
+        spec: HoppingSpec,
+        max_open_requests: int = 50_000,
+        request_timeout_ns: int = 300_000_000_000,
+        keep_joined: bool = False,
+    ) -> None:
+        super().__init__(spec)
+        self.max_open_requests = max_open_requests
+        self.request_timeout_ns = request_timeout_ns
+        self.keep_joined = keep_joined
+        self.open: dict[str, OrderedDict[str, OpenRequest]] = {}
+        self.stats = RequestJoinStats()
+
+    def ingest(self, record: dict[str, Any], cols: dict[str, np.ndarray]) -> tuple[int, int]:
+        ts_all = cols["ts_ns"]
+        if len(ts_all) == 0:
+            return span(ts_all)
+        deployment = record["deployment"]
+        ids = record["request_ids"]
+        table = self.open.setdefault(deployment, OrderedDict())
+        kinds = cols["kind"].tolist()
+        ts_list = ts_all.tolist()
+        index = cols["request_index"].tolist()
+        prompts = cols["prompt_tokens"].tolist()
+        outputs = cols["output_tokens"].tolist()
+        for kind, ts, i, prompt, out in zip(kinds, ts_list, index, prompts, outputs, strict=True):
+            if not 0 <= i < len(ids):
+                self.stats.unmatched_events += 1
+                continue
+            self._event(deployment, table, ids[i], kind, ts, prompt, out)
+        self._expire(table, int(ts_all.max()))
+        return span(ts_all)
+
+    def _event(
+        self,
+        deployment: str,
+        table: OrderedDict[str, OpenRequest],
+        request_id: str,
+        kind: int,
+        ts: int,
+        prompt: int,
+        out: int,
+    ) -> None:
+        pane = ts // self.spec.hop_ns
+        req = table.get(request_id)
+        if req is None:
+            if kind != ARRIVED:
+                self.stats.unmatched_events += 1
+                return
+            req = OpenRequest(arrived_ns=ts, prompt_tokens=prompt)
+            table[request_id] = req
+            if len(table) > self.max_open_requests:
+                table.popitem(last=False)
+                self.stats.evicted += 1
+            self.store.add_one(pane, deployment, {"arrivals": 1.0, "prompt_tokens_mean": prompt})
+        req.last_event_ns = ts
+        table.move_to_end(request_id)
+        if kind == SCHEDULED and req.scheduled_ns < 0:
+            req.scheduled_ns = ts
+            self.store.add_one(
+                pane,
+                deployment,
+                {
+                    "queue_delay_s": (ts - req.arrived_ns) / 1e9,
+                    "queue_delay_s_max": (ts - req.arrived_ns) / 1e9,
+                },
+            )
+        elif kind == PREFILL_START and req.prefill_start_ns < 0:
+            req.prefill_start_ns = ts
+            self.store.add_one(
+                pane, deployment, {"arrival_to_prefill_s": (ts - req.arrived_ns) / 1e9}
+            )
+        elif kind == FIRST_TOKEN and req.first_token_ns < 0:
+            req.first_token_ns = ts
+            ttft_s = (ts - req.arrived_ns) / 1e9
+            values = {"ttft_s": ttft_s, "ttft_s_max": ttft_s}
+            if req.prefill_start_ns >= 0:
+                values["prefill_s"] = (ts - req.prefill_start_ns) / 1e9
+            self.store.add_one(pane, deployment, values)
+            if self.keep_joined:
+                self.stats.joined.append(
+                    JoinedRequest(
+                        request_id,
+                        deployment,
+                        ts - req.arrived_ns,
+                        (req.scheduled_ns - req.arrived_ns) if req.scheduled_ns >= 0 else -1,
+                        (req.prefill_start_ns - req.arrived_ns)
+                        if req.prefill_start_ns >= 0
+                        else -1,
+                        (ts - req.prefill_start_ns) if req.prefill_start_ns >= 0 else -1,
+                    )
+                )
+        elif kind == PREEMPTED:
+            req.preemptions += 1
+            self.store.add_one(pane, deployment, {"request_preemptions": 1.0})
+        elif kind in (FINISHED, ABORTED):
+            if kind == FINISHED and req.first_token_ns >= 0 and ts > req.first_token_ns and out > 1:
+                rate = (out - 1) * 1e9 / (ts - req.first_token_ns)
+                self.store.add_one(pane, deployment, {"decode_tokens_per_s": rate})
+            del table[request_id]
+
+    def _expire(self, table: OrderedDict[str, OpenRequest], now_ns: int) -> None:
+        horizon = now_ns - self.request_timeout_ns
+        while table:
+            request_id, req = next(iter(table.items()))
+            if req.last_event_ns >= horizon:
+                break
+            del table[request_id]
+            self.stats.expired += 1
+
+    def open_requests(self) -> int:
+        return sum(len(t) for t in self.open.values())

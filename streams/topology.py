@@ -1,0 +1,95 @@
+"""The topology registry: which rank runs on which node, GPU, NIC port and fabric.
+
+Fed by TopologyRecord events (the compacted topology topic, or a file); replicas come and go
+(``removed`` retires a rank). Entity ids follow docs/event-model.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RankPlace:
+    deployment: str
+    rank: int
+    tp_rank: int
+    pp_stage: int
+    node: str
+    gpu_index: int
+    nic_port: str
+    fabric: str
+    pcie_gen_expected: int
+    pcie_width_expected: int
+
+    @property
+    def entity(self) -> str:
+        return f"{self.deployment}/rank{self.rank}"
+
+    @property
+    def gpu_entity(self) -> str:
+        return f"{self.node}/gpu{self.gpu_index}"
+
+    @property
+    def port_entity(self) -> str:
+        return f"{self.node}/{self.nic_port}"
+
+
+@dataclass
+class Topology:
+    ranks: dict[str, RankPlace] = field(default_factory=dict)
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict[str, Any]]) -> Topology:
+        topo = cls()
+        for record in records:
+            topo.update(record)
+        return topo
+
+    def update(self, record: dict[str, Any]) -> None:
+        place = RankPlace(
+            deployment=record["deployment"],
+            rank=int(record["rank"]),
+            tp_rank=int(record["tp_rank"]),
+            pp_stage=int(record["pp_stage"]),
+            node=record["node"],
+            gpu_index=int(record["gpu_index"]),
+            nic_port=record["nic_port"],
+            fabric=record["fabric"],
+            pcie_gen_expected=int(record.get("pcie_link_gen_expected", 5)),
+            pcie_width_expected=int(record.get("pcie_link_width_expected", 16)),
+        )
+        if record.get("removed"):
+            self.ranks.pop(place.entity, None)
+        else:
+            self.ranks[place.entity] = place
+
+    def deployments(self) -> list[str]:
+        return sorted({p.deployment for p in self.ranks.values()})
+
+    def nodes(self) -> list[str]:
+        return sorted({p.node for p in self.ranks.values()})
+
+    def ranks_of(self, deployment: str) -> list[RankPlace]:
+        return [p for p in self.ranks.values() if p.deployment == deployment]
+
+    def ranks_on(self, node: str) -> list[RankPlace]:
+        return [p for p in self.ranks.values() if p.node == node]
+
+    def by_gpu(self) -> dict[str, RankPlace]:
+        return {p.gpu_entity: p for p in self.ranks.values()}
+
+    def by_port(self) -> dict[str, list[RankPlace]]:
+        out: dict[str, list[RankPlace]] = {}
+        for p in self.ranks.values():
+            out.setdefault(p.port_entity, []).append(p)
+        return out
+
+    def deployments_on(self, node: str) -> list[str]:
+        return sorted({p.deployment for p in self.ranks_on(node)})
+
+    def fabric_of(self, node: str) -> str:
+        fabrics = {p.fabric for p in self.ranks_on(node)}
+        return sorted(fabrics)[0] if fabrics else "unknown"

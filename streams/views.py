@@ -1,0 +1,303 @@
+"""Entity views: one window's features joined through the topology, absolute and peer-relative.
+
+Each view is a flat ``{"<source>.<feature>": value}`` mapping for one entity, the input of
+rules and models. Peer-relative features compare an entity with its peers at the same moment
+(``_peer_ratio``: value over the peers' median; ``_peer_delta``: value minus the median), so a
+rank is slow *compared with its group*, not against a fixed number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streams.topology import Topology
+
+# Usable bandwidth per lane per direction by PCIe generation, bytes/s.
+PCIE_LANE_BYTES_PER_S = {1: 0.25e9, 2: 0.5e9, 3: 0.985e9, 4: 1.969e9, 5: 3.938e9, 6: 7.563e9}
+CONGESTION_EVENTS_PER_S = 1000.0
+PCIE_STALLS_PER_S = 1000.0
+PEER_RATIO_FLOOR = {"s": 0.01, "bytes": 1024.0, "default": 1.0}
+
+
+@dataclass
+class EntityView:
+    entity: str
+    kind: str
+    deployment: str
+    features: dict[str, float] = field(default_factory=dict)
+    sources_present: set[str] = field(default_factory=set)
+    sources_silent: set[str] = field(default_factory=set)
+    node: str = ""
+
+
+@dataclass
+class WindowInputs:
+    """What the extractors produced for one window, by source name."""
+
+    nccl: dict[str, dict[str, float]]
+    gpu: dict[str, dict[str, float]]
+    nic: dict[str, dict[str, float]]
+    dpu: dict[str, dict[str, float]]
+    engine: dict[str, dict[str, float]]
+    requests: dict[str, dict[str, float]]
+    clock_step_abs_ns: dict[str, float]
+    silent: set[tuple[str, str, str]]  # (deployment, source, node)
+    port_plane: dict[str, str]
+    port_fabric: dict[str, str]
+    window_s: float
+
+
+def _floor(feature: str) -> float:
+    if feature.endswith("_s"):
+        return PEER_RATIO_FLOOR["s"]
+    if "bytes" in feature:
+        return PEER_RATIO_FLOOR["bytes"]
+    return PEER_RATIO_FLOOR["default"]
+
+
+def add_peer_ratios(views: Iterable[EntityView], features: Iterable[str]) -> None:
+    """Add ``<f>_peer_ratio`` against the median of the *other* entities of the group."""
+    group = list(views)
+    for feature in features:
+        values = {v.entity: v.features[feature] for v in group if feature in v.features}
+        if len(values) < 2:
+            continue
+        for view in group:
+            if feature not in view.features:
+                continue
+            others = [x for e, x in values.items() if e != view.entity]
+            median = float(np.median(others))
+            view.features[f"{feature}_peer_ratio"] = view.features[feature] / max(
+                median, _floor(feature)
+            )
+
+
+def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}.{k}": v for k, v in values.items()}
+
+
+def build_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
+    views: list[EntityView] = []
+    views += _rank_views(inputs, topo)
+    views += _gpu_views(inputs, topo)
+    node_views = _node_views(inputs, topo)
+    views += node_views
+    views += _replica_views(inputs, topo)
+    port_views = _port_views(inputs, topo)
+    views += port_views
+    views += _fabric_views(inputs, port_views)
+    return views
+
+
+def _silent(inputs: WindowInputs, deployment: str, source: str, node: str) -> bool:
+    return (deployment, source, node) in inputs.silent
+
+
+def _rank_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
+    out = []
+    gpu_clock: dict[str, list[float]] = {}
+    for place in topo.ranks.values():
+        g = inputs.gpu.get(place.gpu_entity, {})
+        if "sm_clock_ratio" in g:
+            gpu_clock.setdefault(place.deployment, []).append(g["sm_clock_ratio"])
+    for place in topo.ranks.values():
+        view = EntityView(place.entity, "rank", place.deployment, node=place.node)
+        tp = inputs.nccl.get(place.entity)
+        if tp is not None:
+            view.features.update(_prefixed("nccl", tp))
+            view.sources_present.add("nccl")
+        pp_groups = [v for e, v in inputs.nccl.items() if e.startswith(place.entity + "#pp")]
+        if pp_groups:
+            worst = max(pp_groups, key=lambda v: v.get("caused_wait_ratio", -1.0))
+            view.features.update(_prefixed("pp", worst))
+            view.sources_present.add("nccl")
+        gpu = inputs.gpu.get(place.gpu_entity)
+        if gpu is not None:
+            g = gpu
+            view.features.update(_prefixed("gpu", g))
+            view.sources_present.add("gpu")
+            peers = gpu_clock.get(place.deployment, [])
+            if "sm_clock_ratio" in g and len(peers) >= 2:
+                view.features["gpu.sm_clock_ratio_peer_delta"] = g["sm_clock_ratio"] - float(
+                    np.median(peers)
+                )
+        for source in ("nccl", "gpu"):
+            if _silent(inputs, place.deployment, source, place.node):
+                view.sources_silent.add(source)
+        out.append(view)
+    return out
+
+
+def _pcie_capacity(gen: float, width: float) -> float:
+    return PCIE_LANE_BYTES_PER_S.get(int(gen), 0.0) * width
+
+
+def _gpu_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
+    out = []
+    for gpu_entity, place in topo.by_gpu().items():
+        g = inputs.gpu.get(gpu_entity)
+        view = EntityView(gpu_entity, "gpu", place.deployment, node=place.node)
+        if _silent(inputs, place.deployment, "gpu", place.node):
+            view.sources_silent.add("gpu")
+        if g is None:
+            out.append(view)
+            continue
+        view.sources_present.add("gpu")
+        view.features.update(_prefixed("gpu", g))
+        expected = _pcie_capacity(place.pcie_gen_expected, place.pcie_width_expected)
+        gen, width = g.get("pcie_link_gen_min"), g.get("pcie_link_width_min")
+        if gen is not None and width is not None and expected > 0:
+            actual = _pcie_capacity(gen, width)
+            view.features["gpu.pcie_capacity_ratio"] = actual / expected
+            view.features["gpu.pcie_capacity_deficit_ratio"] = 1.0 - actual / expected
+            if actual > 0 and "pcie_bytes_per_s_max" in g:
+                # PCIe is full duplex: compare the busier direction's share with one direction.
+                view.features["gpu.pcie_util_ratio"] = g["pcie_bytes_per_s_max"] / (2 * actual)
+        out.append(view)
+    return out
+
+
+def _node_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
+    gpu_views = {v.entity: v for v in _gpu_views(inputs, topo)}
+    ports = topo.by_port()
+    out = []
+    for node in topo.nodes():
+        places = topo.ranks_on(node)
+        deployment = places[0].deployment if places else ""
+        view = EntityView(node, "node", deployment, node=node)
+        utils = [
+            gpu_views[p.gpu_entity].features["gpu.pcie_util_ratio"]
+            for p in places
+            if p.gpu_entity in gpu_views
+            and "gpu.pcie_util_ratio" in gpu_views[p.gpu_entity].features
+        ]
+        if utils:
+            view.features["gpu.pcie_util_ratio_max"] = max(utils)
+            view.sources_present.add("gpu")
+        stalls = [
+            inputs.nic[port].get("outbound_pci_stalled_rd_per_s", 0.0)
+            + inputs.nic[port].get("outbound_pci_stalled_wr_per_s", 0.0)
+            for port in ports
+            if port.startswith(node + "/") and port in inputs.nic
+        ]
+        d = inputs.dpu.get(node)
+        stall_evidence = 0.0
+        if stalls:
+            view.sources_present.add("nic")
+            view.features["nic.outbound_pci_stalled_per_s_max"] = max(stalls)
+            stall_evidence = max(stall_evidence, float(max(stalls) >= PCIE_STALLS_PER_S))
+        if d is not None:
+            view.sources_present.add("dpu")
+            view.features.update(_prefixed("dpu", d))
+            stall_evidence = max(stall_evidence, float(d.get("dpu_pcie_stall_ratio", 0.0) >= 0.05))
+        if stalls or d is not None:
+            view.features["pcie.stall_evidence"] = stall_evidence
+        if node in inputs.clock_step_abs_ns:
+            view.features["clock.step_abs_ns"] = inputs.clock_step_abs_ns[node]
+            view.sources_present.add("nccl")
+        for source in ("gpu", "dpu", "nic", "nccl"):
+            if any(_silent(inputs, dep, source, node) for dep in topo.deployments_on(node)):
+                view.sources_silent.add(source)
+        out.append(view)
+    add_peer_ratios(out, ["dpu.dpu_max_burst_bytes", "dpu.dpu_rx_queue_depth_bytes_max"])
+    return out
+
+
+def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
+    out = []
+    for deployment in topo.deployments():
+        view = EntityView(deployment, "replica", deployment)
+        e = inputs.engine.get(deployment)
+        r = inputs.requests.get(deployment)
+        if e is not None:
+            view.features.update(_prefixed("engine", e))
+            view.sources_present.add("engine")
+        if r is not None:
+            view.features.update(_prefixed("requests", r))
+            view.sources_present.add("engine")
+        nodes = {p.node for p in topo.ranks_of(deployment)}
+        if any(_silent(inputs, deployment, "engine", n) for n in nodes):
+            view.sources_silent.add("engine")
+        out.append(view)
+    arrivals = [v.features.get("requests.arrivals", 0.0) for v in out]
+    mean_arrivals = float(np.mean(arrivals)) if arrivals else 0.0
+    for view in out:
+        if mean_arrivals > 0 and "requests.arrivals" in view.features:
+            view.features["requests.arrivals_share_ratio"] = (
+                view.features["requests.arrivals"] / mean_arrivals
+            )
+        fills = [
+            o.features["engine.batch_fill_ratio"]
+            for o in out
+            if o is not view and "engine.batch_fill_ratio" in o.features
+        ]
+        if fills:
+            view.features["peers.min_batch_fill_ratio"] = min(fills)
+    add_peer_ratios(
+        out,
+        ["requests.prompt_tokens_mean", "requests.prefill_s", "requests.arrival_to_prefill_s"],
+    )
+    return out
+
+
+def _port_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
+    ports = topo.by_port()
+    out = []
+    for port, n in inputs.nic.items():
+        places = ports.get(port, [])
+        node = port.split("/", 1)[0]
+        deployment = places[0].deployment if places else ""
+        view = EntityView(port, "nic_port", deployment, node=node)
+        view.sources_present.add("nic")
+        view.features.update(_prefixed("nic", n))
+        view.features["nic.retransmit_events_per_s"] = (
+            n.get("out_of_sequence_per_s", 0.0)
+            + n.get("packet_seq_err_per_s", 0.0)
+            + n.get("local_ack_timeout_err_per_s", 0.0)
+        )
+        view.features["nic.phy_errors_per_s"] = n.get("rx_symbol_err_phy_per_s", 0.0) + n.get(
+            "rx_corrected_bits_phy_per_s", 0.0
+        )
+        tx_mean, tx_min = n.get("tx_bytes_phy_per_s"), n.get("tx_bytes_phy_per_s_min")
+        if tx_mean and tx_min is not None:
+            view.features["nic.tx_dip_ratio"] = tx_min / tx_mean
+        view.features["nic.congestion_events_per_s"] = (
+            n.get("np_cnp_sent_per_s", 0.0)
+            + n.get("rp_cnp_handled_per_s", 0.0)
+            + n.get("np_ecn_marked_roce_packets_per_s", 0.0)
+        )
+        out.append(view)
+    for plane in {inputs.port_plane.get(v.entity, "east_west") for v in out}:
+        group = [v for v in out if inputs.port_plane.get(v.entity, "east_west") == plane]
+        add_peer_ratios(
+            group,
+            [
+                "nic.retransmit_events_per_s",
+                "nic.phy_errors_per_s",
+                "nic.tx_prio3_pause_per_s",
+                "nic.port_xmit_wait_per_s",
+            ],
+        )
+    return out
+
+
+def _fabric_views(inputs: WindowInputs, port_views: list[EntityView]) -> list[EntityView]:
+    by_fabric: dict[str, list[EntityView]] = {}
+    for view in port_views:
+        if inputs.port_plane.get(view.entity, "east_west") != "east_west":
+            continue
+        by_fabric.setdefault(inputs.port_fabric.get(view.entity, "roce"), []).append(view)
+    out = []
+    for fabric, views in sorted(by_fabric.items()):
+        view = EntityView(f"fabric:{fabric}", "fabric", "*")
+        congested = [
+            v.features["nic.congestion_events_per_s"] >= CONGESTION_EVENTS_PER_S for v in views
+        ]
+        view.features["fabric.congested_port_share"] = float(np.mean(congested))
+        view.features["fabric.ports"] = float(len(views))
+        view.sources_present.add("nic")
+        out.append(view)
+    return out

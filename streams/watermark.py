@@ -1,0 +1,106 @@
+"""Event-time watermarks with idle-source timeouts.
+
+A *stream* is one producer of event time (for example ``(deployment, "gpu", "node3")``).
+The watermark is the minimum, over live streams, of the latest event time each has shown,
+minus the allowed lateness. A stream that has fallen ``idle_timeout_ns`` behind the most
+advanced stream is declared *silent*: it stops holding the watermark back (so a hang cannot
+freeze detection) and is reported once, so the detector can turn it into "source silent" and
+make the entities it covers *unknown*. A silent stream that speaks again is live again.
+
+All of this is event time: replaying the same events gives the same watermarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SilenceChange:
+    """A stream went silent (``silent=True``) or came back."""
+
+    stream: Hashable
+    silent: bool
+    last_event_ns: int
+    at_watermark_ns: int
+
+
+@dataclass
+class WatermarkTracker:
+    """Tracks per-stream event-time progress and the derived watermark."""
+
+    allowed_lateness_ns: int = 200_000_000
+    idle_timeout_ns: int = 2_000_000_000
+    _latest_ns: dict[Hashable, int] = field(default_factory=dict)
+    _silent: set[Hashable] = field(default_factory=set)
+    _watermark_ns: int = -(2**63)
+
+    def observe(self, stream: Hashable, event_ns: int) -> bool:
+        """Record an event time; returns False when it is already behind the watermark (late)."""
+        if event_ns > self._latest_ns.get(stream, -(2**63)):
+            self._latest_ns[stream] = event_ns
+        return event_ns >= self._watermark_ns
+
+    def advance(self) -> tuple[int, list[SilenceChange]]:
+        """Recompute the watermark; return it with the streams that went silent or came back.
+
+        The watermark never moves backwards.
+        """
+        if not self._latest_ns:
+            return self._watermark_ns, []
+        frontier_ns = max(self._latest_ns.values())
+        changes: list[SilenceChange] = []
+        live: list[int] = []
+        for stream, latest_ns in self._latest_ns.items():
+            is_silent = frontier_ns - latest_ns > self.idle_timeout_ns
+            if is_silent != (stream in self._silent):
+                if is_silent:
+                    self._silent.add(stream)
+                else:
+                    self._silent.discard(stream)
+                changes.append(SilenceChange(stream, is_silent, latest_ns, self._watermark_ns))
+            if not is_silent:
+                live.append(latest_ns)
+        candidate = min(live) - self.allowed_lateness_ns
+        self._watermark_ns = max(self._watermark_ns, candidate)
+        return self._watermark_ns, changes
+
+    @property
+    def watermark_ns(self) -> int:
+        return self._watermark_ns
+
+    @property
+    def silent_streams(self) -> frozenset[Hashable]:
+        return frozenset(self._silent)
+
+    def latest_ns(self, stream: Hashable) -> int | None:
+        return self._latest_ns.get(stream)
+
+    def forget(self, stream: Hashable) -> None:
+        """Drop a stream (its entity left the topology)."""
+        self._latest_ns.pop(stream, None)
+        self._silent.discard(stream)
+
+    def snapshot(self) -> dict[str, object]:
+        """State for a checkpoint (streams as lists so it serializes)."""
+        return {
+            "watermark_ns": self._watermark_ns,
+            "latest": [[list(_as_tuple(s)), t] for s, t in self._latest_ns.items()],
+            "silent": [list(_as_tuple(s)) for s in self._silent],
+        }
+
+    @classmethod
+    def restore(
+        cls, state: dict[str, object], allowed_lateness_ns: int, idle_timeout_ns: int
+    ) -> WatermarkTracker:
+        tracker = cls(allowed_lateness_ns, idle_timeout_ns)
+        tracker._watermark_ns = int(state["watermark_ns"])  # type: ignore[call-overload]
+        for stream, ts in state["latest"]:  # type: ignore[attr-defined]
+            tracker._latest_ns[tuple(stream)] = int(ts)
+        tracker._silent = {tuple(s) for s in state["silent"]}  # type: ignore[attr-defined]
+        return tracker
+
+
+def _as_tuple(stream: Hashable) -> tuple[object, ...]:
+    return stream if isinstance(stream, tuple) else (stream,)

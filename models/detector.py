@@ -22,6 +22,7 @@ from models.fusion import Fusion
 from models.rules import RuleEngine
 from models.runbook import Runbook, load_runbook
 from schemas.columns import unpack
+from sinks.heartbeat import heartbeat_record
 from streams.clock_align import ClockAligner
 from streams.collective_join import CollectiveExtractor
 from streams.features.base import Extractor
@@ -45,6 +46,8 @@ class DetectorConfig:
     clock_step_memory_ns: int = 10_000_000_000
     emit_features: bool = False
     anomaly_model: bool = True
+    heartbeat_every_ns: int = 1_000_000_000
+    freshness_bound_ns: int = 10_000_000_000
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Detector:
         self._silent: set[tuple[str, str, str]] = set()
         self._clock_steps: dict[str, tuple[float, int]] = {}
         self._late_events = 0
+        self._last_heartbeat_ns = 0
 
     # -- input ------------------------------------------------------------------------
     def process(self, schema: str, record: dict[str, Any]) -> list[Output]:
@@ -197,9 +201,22 @@ class Detector:
         self.stats.windows_closed += 1
         self.stats.verdicts += len(verdicts)
         outputs = [Output("Verdict", v["entity"], v) for v in verdicts]
+        outputs += self._heartbeats(end_ns)
         if self.config.emit_features:
             outputs += [self._feature_window(v, end_ns) for v in views if v.features]
         return outputs
+
+    def _heartbeats(self, end_ns: int) -> list[Output]:
+        """Per deployment of this shard: telemetry seen up to ``end_ns`` (freshness)."""
+        if end_ns - self._last_heartbeat_ns < self.config.heartbeat_every_ns:
+            return []
+        self._last_heartbeat_ns = end_ns
+        deployments = {stream[0] for stream in self.watermarks._latest_ns}  # type: ignore[index]
+        out = []
+        for deployment in sorted(deployments):
+            record = heartbeat_record(deployment, end_ns, end_ns, self.config.freshness_bound_ns)
+            out.append(Output("Verdict", record["entity"], record))
+        return out
 
     def _note_clock_steps(self) -> None:
         for clock in self.aligner.clocks():

@@ -18,6 +18,8 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("infra.cli", "add_infra_commands"),
     ("schemas.cli", "add_schema_commands"),
     ("producers.adapters.cli", "add_adapter_commands"),
+    ("streams.cli", "add_worker_commands"),
+    ("sinks.cli", "add_sink_commands"),
 )
 
 

@@ -33,6 +33,10 @@ class Topics:
     verdicts: str = "skew.verdicts"
     dead_letter: str = "skew.dlq"
 
+    def prefixed(self, prefix: str) -> Topics:
+        """The same topics under ``prefix`` (isolates tests, demos and tenants on one broker)."""
+        return Topics(**{f.name: prefix + getattr(self, f.name) for f in dataclasses.fields(self)})
+
     def telemetry(self) -> tuple[str, ...]:
         return (
             self.engine_requests,
@@ -63,6 +67,7 @@ class Settings:
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = field(default="", repr=False)
     kafka_ssl_ca_location: str = ""
+    topic_prefix: str = ""
     topics: Topics = field(default_factory=Topics)
 
     @property
@@ -113,4 +118,7 @@ def load_settings(config_file: Path | None = None, env: dict[str, str] | None = 
         for var in (_ENV_ALIASES.get(key, ""), f"SKEWSCOPE_{key.upper()}"):
             if var and env.get(var):
                 values[key] = _coerce(key, env[var], getattr(base, key))
-    return dataclasses.replace(base, **values)
+    settings = dataclasses.replace(base, **values)
+    if settings.topic_prefix:
+        settings = dataclasses.replace(settings, topics=Topics().prefixed(settings.topic_prefix))
+    return settings

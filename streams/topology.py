@@ -61,10 +61,13 @@ class Topology:
             pcie_gen_expected=int(record.get("pcie_link_gen_expected", 5)),
             pcie_width_expected=int(record.get("pcie_link_width_expected", 16)),
         )
+        # Copy on write: a detector iterating the old mapping in another thread stays safe.
+        ranks = dict(self.ranks)
         if record.get("removed"):
-            self.ranks.pop(place.entity, None)
+            ranks.pop(place.entity, None)
         else:
-            self.ranks[place.entity] = place
+            ranks[place.entity] = place
+        self.ranks = ranks
 
     def deployments(self) -> list[str]:
         return sorted({p.deployment for p in self.ranks.values()})

@@ -12,7 +12,9 @@ from schemas.columns import pack
 T0_NS = 1_790_000_000_000_000_000
 
 
-def topology(deployment: str = "dep0", nodes: int = 2, gpus_per_node: int = 4) -> list[dict[str, Any]]:
+def topology(
+    deployment: str = "dep0", nodes: int = 2, gpus_per_node: int = 4
+) -> list[dict[str, Any]]:
     out = []
     for rank in range(nodes * gpus_per_node):
         node = f"node{rank // gpus_per_node}"

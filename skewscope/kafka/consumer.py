@@ -75,6 +75,39 @@ class DecodingConsumer:
         """Read exactly these partitions from their given offsets (no group)."""
         self._consumer.assign(partitions)
 
+    def list_topic(self, topic: str, timeout_s: float = 10.0) -> list[int]:
+        """Partition ids of ``topic`` (empty when it does not exist)."""
+        meta = self._consumer.list_topics(topic, timeout=timeout_s)
+        found = meta.topics.get(topic)
+        if found is None or found.error is not None:
+            return []
+        return sorted(found.partitions)
+
+    def end_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+        """High watermark of every partition of ``topic``."""
+        out = {}
+        for partition in self.list_topic(topic, timeout_s):
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout_s
+            )
+            out[partition] = high
+        return out
+
+    def reached(self, ends: dict[int, int]) -> bool:
+        """True when every assigned partition's position is at or past ``ends``."""
+        positions = self._consumer.position(self._consumer.assignment())
+        by_partition = {tp.partition: tp.offset for tp in positions}
+        return all(end <= 0 or by_partition.get(p, -1) >= end for p, end in ends.items())
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Messages behind the high watermark, per assigned partition."""
+        out = {}
+        for tp in self._consumer.position(self._consumer.assignment()):
+            _, high = self._consumer.get_watermark_offsets(tp, timeout=5)
+            position = tp.offset if tp.offset >= 0 else 0
+            out[(tp.topic, tp.partition)] = max(0, high - position)
+        return out
+
     def poll_batch(self, max_messages: int = 500, timeout_s: float = 1.0) -> list[Event]:
         """Up to ``max_messages`` decoded events; bad ones go to the DLQ and are skipped."""
         messages = self._consumer.consume(max_messages, timeout_s)

@@ -1,0 +1,129 @@
+"""Lua scripts of the Redis sink: each one change, applied atomically, then announced.
+
+KEYS of ``WRITE`` and ``EXPIRE`` follow :meth:`sinks.redis_layout.RedisLayout.change_keys`:
+1 verdict, 2 versions, 3 entity_deployment, 4 expiry, 5 deployments, 6 deployment hash,
+7 ranked, 8 avoid, 9 worst, 10 capacity, 11 history.
+
+Versions and event times are int64 nanoseconds, beyond the 2^53 a Lua number holds exactly,
+so the scripts compare them as decimal strings (``newer``): callers pass canonical,
+non-negative integers without leading zeros. Wall-clock time is the server's ``TIME``.
+"""
+
+from __future__ import annotations
+
+_COMMON = r"""
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function ms(x) return string.format('%.0f', x) end
+local function rebuild_avoid(ranked, avoid, capacity, dep_hash, deployment, share)
+  redis.call('DEL', avoid)
+  local n = tonumber(redis.call('HGET', capacity, deployment) or '0')
+  local cap = math.floor(share * n + 1e-9)
+  if cap > 0 then
+    redis.call('ZRANGESTORE', avoid, ranked, 0, cap - 1, 'REV')
+  end
+  redis.call('HSET', dep_hash, 'capacity', n, 'avoid_cap', cap)
+  return redis.call('ZRANGE', avoid, 0, -1, 'REV', 'WITHSCORES')
+end
+local function announce(channel, dep_hash, message)
+  redis.call('HINCRBY', dep_hash, 'seq', 1)
+  message['deployment_state'] = redis.call('HGETALL', dep_hash)
+  redis.call('PUBLISH', channel, cjson.encode(message))
+end
+"""
+
+# ARGV: 1 entity, 2 deployment, 3 version, 4 kind (verdict|heartbeat), 5 state, 6 score,
+# 7 avoidable (1|0), 8 ttl_ms, 9 verdict json, 10 last_seen_ns, 11 kafka timestamp ms (0: none),
+# 12 avoid share, 13 history maxlen, 14 channel, 15 freshness bound ns, 16 condition.
+# Returns {1, version} when applied, {0, current version} when ignored (older or equal).
+WRITE = (
+    _COMMON
+    + r"""
+local entity, deployment, version, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local current = redis.call('HGET', KEYS[2], entity)
+if current and not newer(version, current) then
+  return {0, current}
+end
+redis.call('HSET', KEYS[2], entity, version)
+local now = now_ms()
+redis.call('SADD', KEYS[5], deployment)
+local last = redis.call('HGET', KEYS[6], 'last_event_ns')
+if (not last) or newer(ARGV[10], last) then
+  redis.call('HSET', KEYS[6], 'last_event_ns', ARGV[10])
+end
+redis.call('HSET', KEYS[6], 'updated_wall_ms', ms(now))
+local kafka_ts = tonumber(ARGV[11])
+if kafka_ts > 0 then
+  redis.call('HSET', KEYS[6], 'pipeline_lag_ms', ms(now - kafka_ts))
+end
+local message = {kind = kind, entity = entity, deployment = deployment, version = version}
+if kind == 'heartbeat' then
+  redis.call('HSET', KEYS[6], 'freshness_bound_ns', ARGV[15])
+  message['avoid'] = redis.call('ZRANGE', KEYS[8], 0, -1, 'REV', 'WITHSCORES')
+else
+  local ttl = tonumber(ARGV[8])
+  redis.call('HSET', KEYS[3], entity, deployment)
+  redis.call('SET', KEYS[1], ARGV[9], 'PX', ttl)
+  redis.call('ZADD', KEYS[4], ms(now + ttl), entity)
+  if ARGV[7] == '1' then
+    redis.call('ZADD', KEYS[7], ARGV[6], entity)
+    redis.call('ZADD', KEYS[9], ARGV[6], entity)
+  else
+    redis.call('ZREM', KEYS[7], entity)
+    redis.call('ZREM', KEYS[9], entity)
+  end
+  message['avoid'] = rebuild_avoid(KEYS[7], KEYS[8], KEYS[10], KEYS[6], deployment,
+                                   tonumber(ARGV[12]))
+  redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[13], '*', 'entity', entity,
+             'version', version, 'state', ARGV[5], 'condition', ARGV[16], 'verdict', ARGV[9])
+  message['verdict'] = ARGV[9]
+  message['expires_at_ms'] = ms(now + ttl)
+end
+announce(ARGV[14], KEYS[6], message)
+return {1, version}
+"""
+)
+
+# ARGV: 1 entity, 2 deployment, 3 avoid share, 4 channel.
+# Removes an entity whose verdict key has expired from the rankings; returns 1 when it did.
+EXPIRE = (
+    _COMMON
+    + r"""
+local entity, deployment = ARGV[1], ARGV[2]
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+if not redis.call('ZSCORE', KEYS[4], entity) then
+  return 0
+end
+redis.call('ZREM', KEYS[4], entity)
+redis.call('ZREM', KEYS[7], entity)
+redis.call('ZREM', KEYS[9], entity)
+local avoid = rebuild_avoid(KEYS[7], KEYS[8], KEYS[10], KEYS[6], deployment, tonumber(ARGV[3]))
+local version = redis.call('HGET', KEYS[2], entity) or ''
+announce(ARGV[4], KEYS[6], {kind = 'expired', entity = entity, deployment = deployment,
+                            version = version, avoid = avoid})
+return 1
+"""
+)
+
+# KEYS: 1 capacity, 2 ranked, 3 avoid, 4 deployment hash, 5 deployments.
+# ARGV: 1 deployment, 2 entity count, 3 avoid share, 4 channel.
+SET_CAPACITY = (
+    _COMMON
+    + r"""
+local deployment = ARGV[1]
+redis.call('HSET', KEYS[1], deployment, ARGV[2])
+redis.call('SADD', KEYS[5], deployment)
+local avoid = rebuild_avoid(KEYS[2], KEYS[3], KEYS[1], KEYS[4], deployment, tonumber(ARGV[3]))
+announce(ARGV[4], KEYS[4], {kind = 'capacity', entity = '', deployment = deployment,
+                            version = '', avoid = avoid})
+return 1
+"""
+)

@@ -1,0 +1,214 @@
+"""RedisSink: consume the verdict topic with its own group, write Redis, then commit.
+
+Order per batch: poll -> write the whole batch to Redis (retrying with backoff while Redis
+is down) -> commit the consumed offsets. Offsets are committed only after Redis acknowledged,
+so a Redis outage, or a sink crash, delays Redis and loses nothing: the next run resumes
+from the committed offsets and the version check makes the re-applied tail harmless.
+
+A Redis that comes back *empty* (no persistence, or a new server) would miss everything
+before the committed offsets. So the consumer group is ``<group_id>.<epoch>``, where the epoch
+is a key in Redis itself (``<p>sink_epoch``, SET NX): when the sink finds the key gone it
+starts a new epoch, i.e. a new group that reads the compacted topic from the beginning and
+rebuilds Redis. Sinks sharing one Redis agree on the epoch; an abandoned group's offsets
+expire with the broker's ``offsets.retention.minutes``.
+
+Limits: while Redis is down the sink does not poll Kafka; past the consumer's
+``max.poll.interval.ms`` (5 min by default) the broker moves its partitions away and the
+commit after recovery fails, which is logged and harmless (those verdicts are read again).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+import redis
+
+from sinks.config import SinkConfig
+from sinks.connection import redacted_url
+from sinks.metrics import METRICS, SinkMetrics
+from sinks.redis_layout import as_text
+from sinks.redis_writer import InvalidVerdictError, RedisWriter
+from skewscope.config import Settings
+from skewscope.kafka.consumer import DecodingConsumer, Event
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+class RedisSink:
+    """Fill Redis from the verdict topic; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: SinkConfig,
+        client: redis.Redis,
+        topic: str | None = None,
+        metrics: SinkMetrics = METRICS,
+        batch_size: int = 500,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+        check_interval_s: float = 1.0,
+        poll_timeout_s: float = 0.02,
+    ) -> None:
+        self.settings = settings
+        self.topic = topic or settings.topics.verdicts
+        self.config = config
+        self.client = client
+        self.writer = RedisWriter(client, config)
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.check_interval_s = check_interval_s
+        # librdkafka's batch consume waits for a full batch or this timeout: it bounds the
+        # latency the sink adds at low rates.
+        self.poll_timeout_s = poll_timeout_s
+        self.written = 0
+        self.retries = 0
+        self.epochs_started = 0
+        self.epoch = ""
+        self._url = redacted_url(settings.redis_url)
+        self._consumer: DecodingConsumer | None = None
+        self._dead_letters_seen = 0
+        self._next_check = 0.0
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group of the current epoch."""
+        return f"{self.config.group_id}.{self.epoch}"
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set; returns after committing what Redis acknowledged."""
+        log.info("redis sink: %s -> %s (group %s.*)", self.topic, self._url, self.config.group_id)
+        try:
+            while not stop.is_set():
+                self.step(stop, self.poll_timeout_s)
+        finally:
+            self.close()
+
+    def step(self, stop: threading.Event | None = None, poll_timeout_s: float = 0.02) -> int:
+        """One poll-write-commit cycle; returns the number of verdicts written.
+
+        Returns without committing when ``stop`` is set while Redis is still down.
+        """
+        stop = stop or threading.Event()
+        if self._consumer is None or time.monotonic() >= self._next_check:
+            if not self._retry(self._check_epoch, stop):
+                return 0
+            if not self._retry(self.writer.sweep_expired, stop):
+                return 0
+            self._next_check = time.monotonic() + self.check_interval_s
+        assert self._consumer is not None
+        events = self._consumer.poll_batch(self.batch_size, poll_timeout_s)
+        self._count_dead_letters()
+        if events:
+            if not self._retry(lambda: self._write(events), stop):
+                return 0
+            self._consumer.commit()
+        return len(events)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def _check_epoch(self) -> None:
+        """Join the group of Redis's epoch; start a new epoch when Redis lost its content."""
+        key = self.writer.layout.sink_epoch
+        found = self.client.get(key)
+        if found is None:
+            self.client.set(key, f"{int(time.time())}-{uuid.uuid4().hex[:8]}", nx=True)
+            found = self.client.get(key)
+            if self.epoch:
+                log.warning(
+                    "redis sink: Redis at %s came back without its content; rebuilding it "
+                    "from the start of %s",
+                    self._url,
+                    self.topic,
+                )
+        epoch = as_text(found)
+        if epoch == self.epoch and self._consumer is not None:
+            return
+        self.close()
+        self.epoch = epoch
+        self.epochs_started += 1
+        for deployment, count in self.config.capacity.items():
+            self.writer.set_capacity(deployment, int(count))
+        self._consumer = DecodingConsumer(
+            self.settings, [self.topic], group_id=self.group_id, name="redis-sink"
+        )
+        self._dead_letters_seen = 0
+        log.info("redis sink: consuming %s as group %s", self.topic, self.group_id)
+
+    def _write(self, events: Sequence[Event]) -> None:
+        items = []
+        for event in events:
+            try:
+                self.writer.script_args(event.record, event.timestamp_ms)
+            except InvalidVerdictError as exc:
+                log.error(
+                    "topic %s partition %d offset %d: %s; skipped (fix the producer)",
+                    event.topic,
+                    event.partition,
+                    event.offset,
+                    exc,
+                )
+                self.metrics.sink_writes.labels(result="invalid").inc()
+                continue
+            items.append((event.record, event.timestamp_ms))
+        if not items:
+            return
+        results = self.writer.write_many(items)
+        acked_s = time.time()
+        applied = sum(r.applied for r in results)
+        self.metrics.sink_writes.labels(result="applied").inc(applied)
+        self.metrics.sink_writes.labels(result="ignored").inc(len(results) - applied)
+        for _, timestamp_ms in items:
+            if timestamp_ms > 0:
+                self.metrics.sink_latency.observe(max(0.0, acked_s - timestamp_ms / 1000))
+        if items[-1][1] > 0:
+            self.metrics.sink_lag.set(max(0.0, acked_s - items[-1][1] / 1000))
+        self.written += len(items)
+
+    def _retry(self, action: Callable[[], object], stop: threading.Event) -> bool:
+        """Run ``action`` until Redis acknowledges; False when ``stop`` came first."""
+        backoff_s = self.backoff_initial_s
+        failed = False
+        while True:
+            try:
+                if failed:
+                    # Redis may have restarted empty while we waited: re-check before writing.
+                    self._check_epoch()
+                action()
+            except _RETRYABLE as exc:
+                failed = True
+                self.retries += 1
+                self.metrics.sink_retries.inc()
+                self.metrics.redis_up.set(0)
+                log.warning(
+                    "redis sink: Redis at %s unavailable (%s: %s); retrying in %.2f s, "
+                    "offsets stay uncommitted",
+                    self._url,
+                    type(exc).__name__,
+                    exc,
+                    backoff_s,
+                )
+                if stop.wait(backoff_s):
+                    return False
+                backoff_s = min(backoff_s * 2, self.backoff_max_s)
+                continue
+            self.metrics.redis_up.set(1)
+            return True
+
+    def _count_dead_letters(self) -> None:
+        assert self._consumer is not None
+        delta = self._consumer.dead_letters - self._dead_letters_seen
+        if delta:
+            self.metrics.dead_letters.labels(consumer="redis-sink").inc(delta)
+            self._dead_letters_seen = self._consumer.dead_letters

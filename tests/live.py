@@ -1,0 +1,104 @@
+"""Helpers for tests that run real processes against the real broker."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from infra.topics import ensure_topics
+from skewscope.config import Settings, Topics
+from skewscope.kafka.consumer import DecodingConsumer, Event
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def isolated(settings: Settings) -> Settings:
+    """Settings whose topics carry a fresh prefix, created on the broker."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    out = dataclasses.replace(
+        settings, topic_prefix=prefix, topics=Topics().prefixed(prefix), telemetry_partitions=2
+    )
+    ensure_topics(out, log=lambda *_: None)
+    return out
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "REDIS_URL": settings.redis_url,
+            "SKEWSCOPE_TOPIC_PREFIX": settings.topic_prefix,
+            "SKEWSCOPE_TELEMETRY_PARTITIONS": str(settings.telemetry_partitions),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@contextmanager
+def worker(settings: Settings, web_port: int, app_id: str = "") -> Iterator[subprocess.Popen[str]]:
+    """Run ``skewscope worker`` in a subprocess; stop it (SIGTERM, then SIGKILL) afterwards."""
+    app_id = app_id or f"worker-{uuid.uuid4().hex[:8]}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "skewscope.cli",
+        "worker",
+        "--app-id",
+        app_id,
+        "--web-port",
+        str(web_port),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env_for(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def consume_until(
+    settings: Settings,
+    topic: str,
+    done: object,
+    timeout_s: float = 90.0,
+    proc: subprocess.Popen[str] | None = None,
+) -> list[Event]:
+    """Read ``topic`` from the beginning until ``done(events)`` is true, time runs out, or
+    ``proc`` (the process that should produce them) died: then its output is raised."""
+    consumer = DecodingConsumer(settings, [topic], group_id=f"reader-{uuid.uuid4().hex[:8]}")
+    events: list[Event] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            events += consumer.poll_batch(500, timeout_s=0.5)
+            if done(events):  # type: ignore[operator]
+                break
+            if proc is not None and proc.poll() is not None:
+                output = proc.stdout.read() if proc.stdout else ""
+                raise AssertionError(f"process exited with {proc.returncode}:\n{output[-4000:]}")
+    finally:
+        consumer.close()
+    return events

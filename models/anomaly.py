@@ -63,13 +63,15 @@ class _KindModel:
     scaler: Any
     model: Any
     learned: int = 0
+    windows: int = 0  # distinct windows learned from: warm-up counts event time, not entities
+    last_window_ns: int = 0
 
 
 @dataclass
 class AnomalyScorer:
-    threshold: float = 0.85
-    warmup_windows: int = 60
-    persistence_k: int = 3
+    threshold: float = 0.95
+    warmup_windows: int = 120
+    persistence_k: int = 4
     persistence_n: int = 4
     seed: int = 7
     models: dict[str, _KindModel] = field(default_factory=dict)
@@ -92,14 +94,17 @@ class AnomalyScorer:
     def score_one(self, kind: str, x: dict[str, float]) -> float | None:
         """Score without learning; None while warming up."""
         km = self._model(kind)
-        if km.learned < self.warmup_windows:
+        if km.windows < self.warmup_windows:
             return None
         scaled = km.scaler.transform_one(x)
         clipped = {k: min(1.0, max(0.0, v)) for k, v in scaled.items()}
         return float(km.model.score_one(clipped))
 
-    def learn_one(self, kind: str, x: dict[str, float]) -> None:
+    def learn_one(self, kind: str, x: dict[str, float], at_ns: int = 0) -> None:
         km = self._model(kind)
+        if at_ns != km.last_window_ns:
+            km.windows += 1
+            km.last_window_ns = at_ns
         km.scaler.learn_one(x)
         scaled = km.scaler.transform_one(x)
         km.model.learn_one({k: min(1.0, max(0.0, v)) for k, v in scaled.items()})
@@ -117,7 +122,7 @@ class AnomalyScorer:
             if score is not None:
                 view.features["model.score"] = score
             if not anomalous and view.entity not in explained:
-                self.learn_one(view.kind, x)
+                self.learn_one(view.kind, x, at_ns)
             history = self._history.setdefault(view.entity, deque(maxlen=self.persistence_n))
             history.append(anomalous and view.entity not in explained)
             if sum(history) >= self.persistence_k and history[-1]:

@@ -84,7 +84,10 @@ class Detector:
         spec = self.config.window
         self.aligner = ClockAligner()
         self.collectives = CollectiveExtractor(
-            spec, self.aligner, join_timeout_ns=self.config.join_timeout_ns
+            spec,
+            self.aligner,
+            join_timeout_ns=self.config.join_timeout_ns,
+            topology=self.topology,
         )
         self.requests = RequestExtractor(spec)
         self.extractors: dict[str, Extractor] = {
@@ -190,6 +193,7 @@ class Detector:
             port_plane=nic.port_plane,
             port_fabric=nic.port_fabric,
             window_s=spec.size_ns / 1e9,
+            frontend_node=dict(self.requests.frontend_node),
         )
         views = build_views(inputs, self.topology)
         findings = self.rules.evaluate(views)

@@ -68,7 +68,7 @@ class Fusion:
         best: dict[str, Finding] = {}
         muted_by: dict[str, str] = {}
         for f in findings:
-            entity = f.view.entity
+            entity = reported_entity(f)
             by = _suppressed_by(f, suppressors)
             mute = self._muted(entity, f.condition.id, window_end_ns)
             if by is not None or mute is not None:
@@ -124,9 +124,10 @@ class Fusion:
         return out
 
     def _record(self, f: Finding, at_ns: int) -> dict[str, Any]:
+        report_as = f.condition.report_as
         return {
-            "entity": f.view.entity,
-            "entity_kind": f.view.kind,
+            "entity": reported_entity(f),
+            "entity_kind": report_as if report_as in f.view.aliases else f.view.kind,
             "deployment": f.view.deployment or "*",
             "condition": f.condition.id,
             "state": "firing",
@@ -156,6 +157,11 @@ class Fusion:
 
     def firing(self) -> dict[str, dict[str, Any]]:
         return {e: c.record for e, c in self._current.items()}
+
+
+def reported_entity(f: Finding) -> str:
+    """The id a verdict names: the view's entity, or its alias the runbook asks for."""
+    return f.view.aliases.get(f.condition.report_as, f.view.entity)
 
 
 def _suppressed_by(f: Finding, suppressors: list[Finding]) -> str | None:

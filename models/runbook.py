@@ -18,6 +18,7 @@ RUNBOOK_PATH = Path(__file__).resolve().parent / "runbook.toml"
 SOURCES = ("engine", "nccl", "gpu", "nic", "dpu", "host")
 ENTITY_KINDS = ("rank", "node", "gpu", "nic_port", "replica", "fabric")
 CLASSES = ("acute", "load", "config")
+REPORT_AS = ("", "node", "path", "replica")
 FAMILIES = ("compute", "pcie", "network-ns", "network-ew")
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -75,6 +76,7 @@ class Condition:
     causes: tuple[Cause, ...] = ()
     suppresses: tuple[str, ...] = ()
     scope: str = ""
+    report_as: str = ""
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ def _condition(entry: dict[str, Any], index: int) -> Condition:
         causes=causes,
         suppresses=tuple(entry.get("suppresses", [])),
         scope=str(entry.get("scope", "")),
+        report_as=_one_of(str(entry.get("report_as", "")), REPORT_AS, where, "report_as"),
     )
 
 

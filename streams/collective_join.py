@@ -24,6 +24,7 @@ report the step as still in flight (``collective_count`` 0) while a rank is abse
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,9 @@ import numpy as np
 from streams.clock_align import ClockAligner
 from streams.features.base import Extractor, span
 from streams.hopping import HoppingSpec
+from streams.topology import Topology
+
+_GROUP = re.compile(r"^(tp|pp|ep)(\d+)?(?:-(\d+))?$")
 
 
 @dataclass
@@ -64,6 +68,7 @@ class CollectiveExtractor(Extractor):
         "steps": "sum",
         "missing_steps": "sum",
         "blocked_s": "max",
+        "downstream_wait_ns": "mean",
     }
 
     def __init__(
@@ -73,8 +78,12 @@ class CollectiveExtractor(Extractor):
         join_timeout_ns: int = 500_000_000,
         max_open_steps: int = 20_000,
         stale_step_ns: int = 60_000_000_000,
+        topology: Topology | None = None,
     ) -> None:
         super().__init__(spec)
+        self.topology = topology or Topology()
+        self._rank_index: dict[tuple[str, int, int], int] = {}
+        self._rank_index_of: object = None
         self.aligner = aligner or ClockAligner()
         self.join_timeout_ns = join_timeout_ns
         self.max_open_steps = max_open_steps
@@ -84,7 +93,7 @@ class CollectiveExtractor(Extractor):
         self._period: dict[tuple[str, str, int], float] = {}
         self.rank_node: dict[str, str] = {}
         self.evicted_steps = 0
-        self._detail_pending: dict[tuple[str, int, int], dict[str, int]] = {}
+        self._detail_pending: dict[tuple[str, str, int, int], dict[str, int]] = {}
 
     # -- input ------------------------------------------------------------------------
     def ingest(self, record: dict[str, Any], cols: dict[str, np.ndarray]) -> tuple[int, int]:
@@ -98,7 +107,6 @@ class CollectiveExtractor(Extractor):
         for step, rank, count, start, duration in zip(
             steps, ranks, counts, starts, durations, strict=True
         ):
-            self.rank_node[f"{deployment}/rank{rank}"] = record["node"]
             key = (deployment, group, step)
             entry = self.open.get(key)
             if entry is None:
@@ -110,7 +118,7 @@ class CollectiveExtractor(Extractor):
             entry.inflight.pop(rank, None)
             entry.ranks[rank] = _Arrival(clock, start, duration)
             self._note_period(deployment, group, rank, step, start)
-        self._observe_detail(deployment, clock, cols)
+        self._observe_detail(deployment, group, clock, cols)
         if len(self.open) > self.max_open_steps:
             self._evict_oldest()
         # Progress is the rows' end times: an in-flight row's start + time blocked so far is
@@ -126,7 +134,9 @@ class CollectiveExtractor(Extractor):
             old = self._period.get(key)
             self._period[key] = period if old is None else 0.8 * old + 0.2 * period
 
-    def _observe_detail(self, deployment: str, clock: str, cols: dict[str, np.ndarray]) -> None:
+    def _observe_detail(
+        self, deployment: str, group: str, clock: str, cols: dict[str, np.ndarray]
+    ) -> None:
         n = len(cols["detail_step"])
         if n == 0:
             return
@@ -135,7 +145,7 @@ class CollectiveExtractor(Extractor):
         for step, seq, end in zip(
             cols["detail_step"].tolist(), cols["detail_seq"].tolist(), ends.tolist(), strict=True
         ):
-            clocks = pending.setdefault((deployment, step, seq), {})
+            clocks = pending.setdefault((deployment, group, step, seq), {})
             clocks.setdefault(clock, end)
 
     # -- closing ----------------------------------------------------------------------
@@ -158,11 +168,14 @@ class CollectiveExtractor(Extractor):
                 self._close(key, entry)
                 done.append(key)
             elif age_ns > self.join_timeout_ns and entry.inflight:
-                deployment = key[0]
+                deployment, group = key[0], key[1]
                 for rank in range(entry.group_size):
                     if rank in entry.ranks or rank in entry.inflight:
                         continue
-                    entity = f"{deployment}/rank{rank}"
+                    global_rank = self.global_rank(deployment, group, rank, entry.group_size)
+                    if global_rank is None:
+                        continue
+                    entity = f"{deployment}/rank{global_rank}"
                     values = {"missing_steps": 1.0, "blocked_s": age_ns / 1e9}
                     self.store.add_one(pane_now, entity, values)
                     suspects.append(entity)
@@ -170,8 +183,9 @@ class CollectiveExtractor(Extractor):
                     done.append(key)
             elif age_ns > self.join_timeout_ns:
                 for rank in range(entry.group_size):
-                    if rank not in entry.ranks:
-                        entity = f"{key[0]}/rank{rank}"
+                    global_rank = self.global_rank(key[0], key[1], rank, entry.group_size)
+                    if rank not in entry.ranks and global_rank is not None:
+                        entity = f"{key[0]}/rank{global_rank}"
                         self.store.add_one(pane_now, entity, {"missing_steps": 1.0})
                 self._close(key, entry)
                 done.append(key)
@@ -194,6 +208,9 @@ class CollectiveExtractor(Extractor):
         present = sorted(entry.ranks)
         if len(present) < 2:
             return
+        if group.startswith("pp"):
+            self._close_pipeline(key, entry)
+            return
         arrivals = [entry.ranks[r] for r in present]
         durations = np.array([a.duration_ns for a in arrivals], dtype=np.float64)
         starts = np.array(
@@ -204,8 +221,10 @@ class CollectiveExtractor(Extractor):
         latest_start = int(np.argmax(starts))
         median_start = float(np.median(starts))
         for i, rank in enumerate(present):
+            global_rank = self.global_rank(deployment, group, rank, entry.group_size)
+            if global_rank is None:
+                continue
             period = self._period.get((deployment, group, rank))
-            entity = f"{deployment}/rank{rank}"
             values = {
                 "steps": 1.0,
                 "last_arrival": 1.0 if i == shortest else 0.0,
@@ -218,16 +237,57 @@ class CollectiveExtractor(Extractor):
                 values["caused_wait_ratio"] = (median_duration - durations[i]) / period
                 values["wait_ratio"] = (durations[i] - durations[shortest]) / period
             pane = arrivals[i].start_ns // self.spec.hop_ns
-            self.store.add_one(pane, _group_entity(entity, group), values)
+            self.store.add_one(pane, f"{deployment}/rank{global_rank}", values)
+
+    def _close_pipeline(self, key: tuple[str, str, int], entry: _OpenStep) -> None:
+        """Send/recv between stages: the receivers' blocking time is the time the sending
+        stage made them wait. Features land on ``<dep>#stage<a>`` of the sending stage."""
+        deployment, group, _step = key
+        match = _GROUP.match(group)
+        if match is None or match.group(3) is None:
+            return
+        sender_stage = int(match.group(2) or 0)
+        half = entry.group_size // 2
+        receivers = [a for r, a in entry.ranks.items() if r >= half]
+        if not receivers:
+            return
+        wait_ns = float(np.median([a.duration_ns for a in receivers]))
+        pane = min(a.start_ns for a in receivers) // self.spec.hop_ns
+        self.store.add_one(
+            pane, f"{deployment}#stage{sender_stage}", {"downstream_wait_ns": wait_ns}
+        )
+
+    def global_rank(self, deployment: str, group: str, rank: int, group_size: int) -> int | None:
+        """Deployment rank of communicator rank ``rank`` of ``group``.
+
+        ``tp<p>``: TP rank of stage p; ``pp<a>-<b>``: senders (stage a) then receivers
+        (stage b); ``ep``: TP ranks of stage 0 (docs/event-model.md). Looked up in the
+        topology, else assumed laid out stage-major (rank = stage * tp + tp_rank).
+        """
+        match = _GROUP.match(group)
+        if match is None:
+            return rank
+        kind, first = match.group(1), int(match.group(2) or 0)
+        if kind == "pp":
+            half = group_size // 2
+            stage = first if rank < half else int(match.group(3) or 0)
+            tp_rank, tp_size = rank % half if half else rank, half
+        else:
+            stage, tp_rank, tp_size = (first if kind == "tp" else 0), rank, group_size
+        index = self._index()
+        found = index.get((deployment, stage, tp_rank))
+        return found if found is not None else stage * tp_size + tp_rank
+
+    def _index(self) -> dict[tuple[str, int, int], int]:
+        if self._rank_index_of is not self.topology.ranks:
+            self._rank_index = {
+                (p.deployment, p.pp_stage, p.tp_rank): p.rank for p in self.topology.ranks.values()
+            }
+            self._rank_index_of = self.topology.ranks
+        return self._rank_index
 
     def _evict_oldest(self) -> None:
         oldest = sorted(self.open, key=lambda k: self.open[k].first_seen_ns)
         for key in oldest[: len(self.open) - self.max_open_steps]:
             del self.open[key]
             self.evicted_steps += 1
-
-
-def _group_entity(rank_entity: str, group: str) -> str:
-    """Features of TP and PP communicators stay apart: ``dep/rank3`` vs ``dep/rank3#pp0-1``."""
-    kind = group.split("-")[0].rstrip("0123456789")
-    return rank_entity if kind == "tp" else f"{rank_entity}#{group}"

@@ -21,6 +21,8 @@ class RankPlace:
     gpu_index: int
     nic_port: str
     fabric: str
+    fabric_name: str
+    switch_port: str
     pcie_gen_expected: int
     pcie_width_expected: int
 
@@ -35,6 +37,11 @@ class RankPlace:
     @property
     def port_entity(self) -> str:
         return f"{self.node}/{self.nic_port}"
+
+    @property
+    def path_entity(self) -> str:
+        """The east-west path from this rank's NIC port to its leaf switch port."""
+        return f"{self.port_entity}->{self.switch_port}" if self.switch_port else self.port_entity
 
 
 @dataclass
@@ -58,6 +65,8 @@ class Topology:
             gpu_index=int(record["gpu_index"]),
             nic_port=record["nic_port"],
             fabric=record["fabric"],
+            fabric_name=record.get("fabric_name") or record["fabric"],
+            switch_port=record.get("switch_port", ""),
             pcie_gen_expected=int(record.get("pcie_link_gen_expected", 5)),
             pcie_width_expected=int(record.get("pcie_link_width_expected", 16)),
         )

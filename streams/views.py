@@ -31,6 +31,8 @@ class EntityView:
     sources_present: set[str] = field(default_factory=set)
     sources_silent: set[str] = field(default_factory=set)
     node: str = ""
+    # Other ids this view's verdict may be reported under (runbook `report_as`).
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class WindowInputs:
     port_plane: dict[str, str]
     port_fabric: dict[str, str]
     window_s: float
+    frontend_node: dict[str, str] = field(default_factory=dict)  # deployment -> node
 
 
 def _floor(feature: str) -> float:
@@ -88,7 +91,7 @@ def build_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
     views += _replica_views(inputs, topo)
     port_views = _port_views(inputs, topo)
     views += port_views
-    views += _fabric_views(inputs, port_views)
+    views += _fabric_views(inputs, port_views, topo)
     return views
 
 
@@ -108,11 +111,6 @@ def _rank_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         tp = inputs.nccl.get(place.entity)
         if tp is not None:
             view.features.update(_prefixed("nccl", tp))
-            view.sources_present.add("nccl")
-        pp_groups = [v for e, v in inputs.nccl.items() if e.startswith(place.entity + "#pp")]
-        if pp_groups:
-            worst = max(pp_groups, key=lambda v: v.get("caused_wait_ratio", -1.0))
-            view.features.update(_prefixed("pp", worst))
             view.sources_present.add("nccl")
         gpu = inputs.gpu.get(place.gpu_entity)
         if gpu is not None:
@@ -168,6 +166,9 @@ def _node_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         places = topo.ranks_on(node)
         deployment = places[0].deployment if places else ""
         view = EntityView(node, "node", deployment, node=node)
+        fronted = [d for d, n in inputs.frontend_node.items() if n == node]
+        if fronted:
+            view.aliases["replica"] = fronted[0]
         utils = [
             gpu_views[p.gpu_entity].features["gpu.pcie_util_ratio"]
             for p in places
@@ -210,6 +211,10 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
     out = []
     for deployment in topo.deployments():
         view = EntityView(deployment, "replica", deployment)
+        frontend = inputs.frontend_node.get(deployment)
+        if frontend:
+            view.node = frontend
+            view.aliases["node"] = frontend
         e = inputs.engine.get(deployment)
         r = inputs.requests.get(deployment)
         if e is not None:
@@ -218,6 +223,14 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         if r is not None:
             view.features.update(_prefixed("requests", r))
             view.sources_present.add("engine")
+        stage_waits = [
+            v["downstream_wait_ns"]
+            for e, v in inputs.nccl.items()
+            if e.startswith(deployment + "#stage") and "downstream_wait_ns" in v
+        ]
+        if len(stage_waits) >= 2 and min(stage_waits) > 0:
+            view.features["pp.stage_wait_ratio"] = max(stage_waits) / min(stage_waits)
+            view.sources_present.add("nccl")
         nodes = {p.node for p in topo.ranks_of(deployment)}
         if any(_silent(inputs, deployment, "engine", n) for n in nodes):
             view.sources_silent.add("engine")
@@ -251,6 +264,8 @@ def _port_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         node = port.split("/", 1)[0]
         deployment = places[0].deployment if places else ""
         view = EntityView(port, "nic_port", deployment, node=node)
+        if places:
+            view.aliases["path"] = places[0].path_entity
         view.sources_present.add("nic")
         view.features.update(_prefixed("nic", n))
         view.features["nic.retransmit_events_per_s"] = (
@@ -284,12 +299,16 @@ def _port_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
     return out
 
 
-def _fabric_views(inputs: WindowInputs, port_views: list[EntityView]) -> list[EntityView]:
+def _fabric_views(
+    inputs: WindowInputs, port_views: list[EntityView], topo: Topology
+) -> list[EntityView]:
     by_fabric: dict[str, list[EntityView]] = {}
+    names = {p.port_entity: p.fabric_name for p in topo.ranks.values()}
     for view in port_views:
         if inputs.port_plane.get(view.entity, "east_west") != "east_west":
             continue
-        by_fabric.setdefault(inputs.port_fabric.get(view.entity, "roce"), []).append(view)
+        name = names.get(view.entity) or inputs.port_fabric.get(view.entity, "roce")
+        by_fabric.setdefault(name, []).append(view)
     out = []
     for fabric, views in sorted(by_fabric.items()):
         view = EntityView(f"fabric:{fabric}", "fabric", "*")

@@ -83,12 +83,14 @@ class RequestExtractor(Extractor):
         self.keep_joined = keep_joined
         self.open: dict[str, OrderedDict[str, OpenRequest]] = {}
         self.stats = RequestJoinStats()
+        self.frontend_node: dict[str, str] = {}
 
     def ingest(self, record: dict[str, Any], cols: dict[str, np.ndarray]) -> tuple[int, int]:
         ts_all = cols["ts_ns"]
         if len(ts_all) == 0:
             return span(ts_all)
         deployment = record["deployment"]
+        self.frontend_node[deployment] = record["node"]
         ids = record["request_ids"]
         table = self.open.setdefault(deployment, OrderedDict())
         kinds = cols["kind"].tolist()

@@ -41,9 +41,11 @@ from streams.watermark import SilenceChange, WatermarkTracker
 class DetectorConfig:
     window: HoppingSpec = field(default_factory=HoppingSpec)
     allowed_lateness_ns: int = 100_000_000
-    idle_timeout_ns: int = 3_000_000_000
+    idle_timeout_ns: int = 1_000_000_000
     join_timeout_ns: int = 500_000_000
     clock_step_memory_ns: int = 10_000_000_000
+    # Load-family shares are judged over this longer window (as a router would see them).
+    share_window_ns: int = 10_000_000_000
     emit_features: bool = False
     anomaly_model: bool = True
     heartbeat_every_ns: int = 1_000_000_000
@@ -175,6 +177,17 @@ class Detector:
         self._note_clock_steps()
         panes = spec.panes_of_window(last_pane)
         windows = {name: ex.window(panes) for name, ex in self.extractors.items()}
+        share_panes = range(
+            last_pane - self.config.share_window_ns // spec.hop_ns + 1, last_pane + 1
+        )
+        requests_long = self.requests.window(share_panes)
+        for deployment, values in windows["EngineRequestFrame"].items():
+            long = requests_long.get(deployment, {})
+            values["arrivals_long"] = long.get("arrivals", 0.0)
+            if "prompt_tokens_mean" in long:
+                values["prompt_tokens_mean_long"] = long["prompt_tokens_mean"]
+            values["oldest_waiting_s"] = self.requests.oldest_waiting_s(deployment, end_ns)
+            values["harm_ttft_s"] = max(values["oldest_waiting_s"], values.get("ttft_s_max", 0.0))
         nic = self.extractors["NicCounterFrame"]
         assert isinstance(nic, NicExtractor)
         inputs = WindowInputs(
@@ -199,9 +212,9 @@ class Detector:
         findings = self.rules.evaluate(views)
         if self.anomaly is not None:
             findings += self.anomaly.score(views, findings, end_ns)
-        verdicts = self.fusion.update(findings, end_ns)
+        verdicts = self.fusion.update(findings, end_ns, frozenset(self.rules.held))
         for ex in self.extractors.values():
-            ex.evict_before(panes.start)
+            ex.evict_before(share_panes.start if ex is self.requests else panes.start)
         self.stats.windows_closed += 1
         self.stats.verdicts += len(verdicts)
         outputs = [Output("Verdict", v["entity"], v) for v in verdicts]

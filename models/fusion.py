@@ -61,8 +61,14 @@ class Fusion:
                 return m
         return None
 
-    def update(self, findings: list[Finding], window_end_ns: int) -> list[dict[str, Any]]:
-        """Fold one window's findings into verdict records to emit (possibly none)."""
+    def update(
+        self, findings: list[Finding], window_end_ns: int, held: frozenset[str] = frozenset()
+    ) -> list[dict[str, Any]]:
+        """Fold one window's findings into verdict records to emit (possibly none).
+
+        ``held``: entities whose evidence could not be judged this window (too little data);
+        their current verdict neither refreshes nor counts a clear window.
+        """
         self.mutes = [m for m in self.mutes if m.end_ns > window_end_ns]
         suppressors = [f for f in findings if f.condition.suppresses]
         best: dict[str, Finding] = {}
@@ -96,7 +102,7 @@ class Fusion:
             else:
                 current.record["last_seen_ns"] = window_end_ns
         for entity in list(self._current):
-            if entity in best:
+            if entity in best or (entity in held and entity not in muted_by):
                 continue
             current = self._current[entity]
             current.clear_windows += 1
@@ -113,7 +119,8 @@ class Fusion:
 
     def _emit(self, entity: str, record: dict[str, Any], at_ns: int) -> dict[str, Any]:
         stamped = self._stamp(entity, record)
-        self._current[entity] = _Current(stamped, at_ns)
+        # Keep our own copy: the emitted record must never change after it was handed out.
+        self._current[entity] = _Current(dict(stamped), at_ns)
         return stamped
 
     def _stamp(self, entity: str, record: dict[str, Any]) -> dict[str, Any]:

@@ -72,9 +72,12 @@ class RuleEngine:
 
     runbook: Runbook
     _history: dict[tuple[str, str], deque[bool]] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)
 
     def evaluate(self, views: list[EntityView]) -> list[Finding]:
+        """Findings of this window; entities that could not be judged land in ``held``."""
         findings = []
+        self.held = set()
         for view in views:
             for cond in self.runbook.for_entity(view.kind):
                 finding = self._evaluate_one(cond, view)
@@ -83,6 +86,12 @@ class RuleEngine:
         return findings
 
     def _evaluate_one(self, cond: Condition, view: EntityView) -> Finding | None:
+        if cond.min_data is not None and not cond.min_data.holds(view.features):
+            # Too little data to judge: neither evidence for nor against (no flapping on
+            # an idle gap), and the persistence history stays as it was.
+            if (view.entity, cond.id) in self._history:
+                self.held.add(view.aliases.get(cond.report_as, view.entity))
+            return None
         missing_required = [s for s in cond.required_sources if s not in view.sources_present]
         holds = not missing_required and all(e.holds(view.features) for e in cond.evidence)
         key = (view.entity, cond.id)

@@ -77,6 +77,7 @@ class Condition:
     suppresses: tuple[str, ...] = ()
     scope: str = ""
     report_as: str = ""
+    min_data: Evidence | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,9 @@ def _condition(entry: dict[str, Any], index: int) -> Condition:
         suppresses=tuple(entry.get("suppresses", [])),
         scope=str(entry.get("scope", "")),
         report_as=_one_of(str(entry.get("report_as", "")), REPORT_AS, where, "report_as"),
+        min_data=_evidence([entry["min_data"]], f"{where} min_data")[0]
+        if "min_data" in entry
+        else None,
     )
 
 

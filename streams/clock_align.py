@@ -32,11 +32,13 @@ class ClockAligner:
 
     window_ns: int = 2_000_000_000
     max_samples: int = 512
-    step_threshold_ns: int = 1_000_000
+    step_threshold_ns: int = 100_000
+    step_horizon_ns: int = 1_000_000_000
     _samples: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
     _reference: dict[str, str] = field(default_factory=dict)  # deployment -> reference clock
     _steps: dict[str, tuple[float, int]] = field(default_factory=dict)
     _offset_cache: dict[str, float] = field(default_factory=dict)
+    _estimates: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
 
     def reference(self, deployment: str) -> str | None:
         return self._reference.get(deployment)
@@ -67,9 +69,22 @@ class ClockAligner:
         while window and window[0][0] < at_ns - self.window_ns:
             window.popleft()
         estimate = float(np.median([s for _, s in window]))
-        if previous is not None and abs(estimate - previous) > self.step_threshold_ns:
-            self._steps[clock] = (estimate - previous, at_ns)
         self._offset_cache[clock] = estimate
+        del previous
+        # A step is a fast change: the estimate now against the estimate one horizon ago.
+        # Drift (tens of ppm) moves the estimate far less than the threshold in that time.
+        history = self._estimates.setdefault(clock, deque())
+        history.append((at_ns, estimate))
+        while len(history) > 1 and history[1][0] <= at_ns - self.step_horizon_ns:
+            history.popleft()
+        then_ns, then_estimate = history[0]
+        last_step_at = self._steps.get(clock, (0.0, -(2**62)))[1]
+        if (
+            at_ns - then_ns <= 2 * self.step_horizon_ns
+            and abs(estimate - then_estimate) > self.step_threshold_ns
+            and at_ns - last_step_at > self.step_horizon_ns
+        ):
+            self._steps[clock] = (estimate - then_estimate, at_ns)
 
     def offset_ns(self, clock: str) -> float:
         """Current offset of ``clock`` (local minus reference); 0 for unknown or reference."""

@@ -73,6 +73,7 @@ def add_peer_ratios(views: Iterable[EntityView], features: Iterable[str]) -> Non
                 continue
             others = [x for e, x in values.items() if e != view.entity]
             median = float(np.median(others))
+            view.features[f"{feature}_peers_median"] = median
             view.features[f"{feature}_peer_ratio"] = view.features[feature] / max(
                 median, _floor(feature)
             )
@@ -126,7 +127,23 @@ def _rank_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
             if _silent(inputs, place.deployment, source, place.node):
                 view.sources_silent.add(source)
         out.append(view)
+    for dep in topo.deployments():
+        group = [v for v in out if v.deployment == dep]
+        add_peer_ratios(group, ["gpu.gpu_util_ratio"])
+        for view in group:
+            view.features["hang.suspect"] = _hang_suspect(view.features)
     return out
+
+
+def _hang_suspect(f: dict[str, float]) -> float:
+    """1 when the rank looks wedged: the collective join saw peers blocked on it, or its GPU
+    idles while its peers spin (a blocked NCCL kernel keeps a GPU busy)."""
+    blocked = f.get("nccl.missing_steps", 0.0) >= 1 and f.get("nccl.blocked_s", 0.0) >= 0.3
+    idle = (
+        f.get("gpu.gpu_util_ratio", 1.0) <= 0.2
+        and f.get("gpu.gpu_util_ratio_peers_median", 0.0) >= 0.7
+    )
+    return 1.0 if blocked or idle else 0.0
 
 
 def _pcie_capacity(gen: float, width: float) -> float:
@@ -235,12 +252,22 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         if any(_silent(inputs, deployment, "engine", n) for n in nodes):
             view.sources_silent.add("engine")
         out.append(view)
-    arrivals = [v.features.get("requests.arrivals", 0.0) for v in out]
+    arrivals = [v.features.get("requests.arrivals_long", 0.0) for v in out]
     mean_arrivals = float(np.mean(arrivals)) if arrivals else 0.0
+    prompts = [
+        v.features["requests.prompt_tokens_mean_long"]
+        for v in out
+        if "requests.prompt_tokens_mean_long" in v.features
+    ]
+    fleet_prompt = float(np.mean(prompts)) if prompts else 0.0
     for view in out:
-        if mean_arrivals > 0 and "requests.arrivals" in view.features:
+        if mean_arrivals > 0 and "requests.arrivals_long" in view.features:
             view.features["requests.arrivals_share_ratio"] = (
-                view.features["requests.arrivals"] / mean_arrivals
+                view.features["requests.arrivals_long"] / mean_arrivals
+            )
+        if fleet_prompt > 0 and "requests.prompt_tokens_mean_long" in view.features:
+            view.features["requests.prompt_tokens_fleet_ratio"] = (
+                view.features["requests.prompt_tokens_mean_long"] / fleet_prompt
             )
         fills = [
             o.features["engine.batch_fill_ratio"]
@@ -249,6 +276,20 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         ]
         if fills:
             view.features["peers.min_batch_fill_ratio"] = min(fills)
+        peers = [
+            o.features for o in out if o is not view and "engine.batch_fill_ratio" in o.features
+        ]
+        if peers:
+            # A peer replica with room: batch < 70 % full, KV < 70 %, no queue (the SLO
+            # harm of a load condition only counts while capacity sits idle elsewhere).
+            view.features["peers.spare_capacity"] = float(
+                any(
+                    p["engine.batch_fill_ratio"] < 0.7
+                    and p.get("engine.kv_cache_usage_ratio", 0.0) < 0.7
+                    and p.get("engine.num_waiting", 0.0) < 1
+                    for p in peers
+                )
+            )
     add_peer_ratios(
         out,
         ["requests.prompt_tokens_mean", "requests.prefill_s", "requests.arrival_to_prefill_s"],

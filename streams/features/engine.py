@@ -26,6 +26,7 @@ class EngineExtractor(Extractor):
         "tokenizer_queue_depth": "mean",
         "expert_tokens_max_over_mean": "mean",
         "underfilled_with_queue_share": "mean",
+        "kv_blocked_share": "mean",
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -60,6 +61,8 @@ class EngineExtractor(Extractor):
         else:
             skew = np.full(n, np.nan)
         underfilled = ((fill < 0.75) & (waiting > 0)).astype(np.float64)
+        kv = cols["kv_cache_usage_ratio"].astype(np.float64)
+        kv_blocked = ((fill < 1.0) & (waiting > 0) & (kv >= 0.9)).astype(np.float64)
         values = np.column_stack(
             [
                 waiting,
@@ -74,6 +77,7 @@ class EngineExtractor(Extractor):
                 np.where(cols["tokenizer_queue_depth"] >= 0, cols["tokenizer_queue_depth"], np.nan),
                 skew,
                 np.where(np.isfinite(fill), underfilled, np.nan),
+                np.where(np.isfinite(fill), kv_blocked, np.nan),
             ]
         ).astype(np.float64)
         self.store.add_rows(self.panes(ts), [entity] * n, values)

@@ -28,14 +28,16 @@ from skewscope.config import Settings, load_settings
 def add_infra_commands(subparsers: Any) -> None:
     """Register ``infra`` with ``up``, ``down`` and ``status`` on an argparse subparsers object."""
     infra = subparsers.add_parser(
-        "infra", help="run the local Kafka 4.x broker and Redis (no Docker needed)",
+        "infra",
+        help="run the local Kafka 4.x broker and Redis (no Docker needed)",
         description="Local services for development and tests: Kafka (KRaft, from Maven "
         "jars, needs Java 17+) and Redis. Existing services at KAFKA_BOOTSTRAP / REDIS_URL "
         "are used as they are.",
     )
     # SUPPRESS: never overwrite a --config parsed by the top-level parser.
-    infra.add_argument("--config", default=argparse.SUPPRESS,
-                       help="TOML settings file (table [skewscope])")
+    infra.add_argument(
+        "--config", default=argparse.SUPPRESS, help="TOML settings file (table [skewscope])"
+    )
     actions = infra.add_subparsers(dest="infra_command", required=True)
     start = actions.add_parser("up", help="start Kafka and Redis if needed, create topics")
     start.add_argument("--no-topics", action="store_true", help="do not create the topics")
@@ -93,4 +95,3 @@ def main(argv: list[str] | None = None) -> int:
     add_infra_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["infra", *(sys.argv[1:] if argv is None else argv)])
     return int(args.func(args))
-

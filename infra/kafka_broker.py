@@ -185,11 +185,14 @@ def up(settings: Settings, log: Say = say, timeout_s: float = START_TIMEOUT_S) -
         java = require_java()
         libs = ensure_kafka_libs(settings, log)
         began = time.monotonic()
-        log(f"starting Kafka {settings.kafka_version} (KRaft, single node) on {host}:{port}, "
-            f"controller {host}:{controller} ...")
+        log(
+            f"starting Kafka {settings.kafka_version} (KRaft, single node) on {host}:{port}, "
+            f"controller {host}:{controller} ..."
+        )
         _prepare(settings, paths, java, libs, f"{host}:{controller}")
-        pid = spawn_detached(_java_argv(java, paths, libs, MAIN_CLASS, str(paths.properties)),
-                             paths.stdout_log)
+        pid = spawn_detached(
+            _java_argv(java, paths, libs, MAIN_CLASS, str(paths.properties)), paths.stdout_log
+        )
         paths.pid_file.write_text(f"{pid}\n")
         _wait_ready(settings, paths, pid, began, timeout_s, log)
     elapsed = time.monotonic() - began
@@ -200,8 +203,10 @@ def up(settings: Settings, log: Say = say, timeout_s: float = START_TIMEOUT_S) -
 def _already_up(settings: Settings, log: Say, began: float) -> KafkaUp:
     found = status(settings)
     who = f"managed, pid {found.pid}" if found.managed else "external, not started by skewscope"
-    log(f"kafka {found.version or '(version unknown)'} already answering at "
-        f"{settings.kafka_bootstrap} ({who}); nothing to do")
+    log(
+        f"kafka {found.version or '(version unknown)'} already answering at "
+        f"{settings.kafka_bootstrap} ({who}); nothing to do"
+    )
     return KafkaUp(False, found.pid, found.version, time.monotonic() - began)
 
 
@@ -216,8 +221,10 @@ def down(settings: Settings, log: Say = say, grace_s: float = STOP_GRACE_S) -> b
         if pid is None:
             paths.pid_file.unlink(missing_ok=True)  # stale or absent
             if broker_answers(settings):
-                log(f"kafka at {settings.kafka_bootstrap} was not started by skewscope; "
-                    "leaving it running")
+                log(
+                    f"kafka at {settings.kafka_bootstrap} was not started by skewscope; "
+                    "leaving it running"
+                )
             else:
                 log("kafka: not running")
             return False
@@ -231,10 +238,14 @@ def down(settings: Settings, log: Say = say, grace_s: float = STOP_GRACE_S) -> b
 
 def _java_argv(java: str, paths: BrokerPaths, libs: Path, *main: str) -> list[str]:
     return [
-        java, HEAP, "-Djava.awt.headless=true",
+        java,
+        HEAP,
+        "-Djava.awt.headless=true",
         f"-Dkafka.logs.dir={paths.logs}",
         f"-Dlog4j2.configurationFile={paths.log4j}",
-        "-cp", f"{libs}/*", *main,
+        "-cp",
+        f"{libs}/*",
+        *main,
     ]
 
 
@@ -250,8 +261,18 @@ def _prepare(
         _check_formatted_for(paths, controller)
         return
     cluster_id = new_cluster_id()
-    argv = _java_argv(java, paths, libs, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                      "-c", str(paths.properties), "--standalone")
+    argv = _java_argv(
+        java,
+        paths,
+        libs,
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        cluster_id,
+        "-c",
+        str(paths.properties),
+        "--standalone",
+    )
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise InfraError(
@@ -292,8 +313,9 @@ def _check_formatted_for(paths: BrokerPaths, controller: str) -> None:
         )
 
 
-def _wait_ready(settings: Settings, paths: BrokerPaths, pid: int, began: float, timeout_s: float,
-                log: Say) -> None:
+def _wait_ready(
+    settings: Settings, paths: BrokerPaths, pid: int, began: float, timeout_s: float, log: Say
+) -> None:
     """Poll metadata until the broker answers; stop it and raise with its log on failure."""
     next_note = time.monotonic() + 5.0
     while True:
@@ -323,4 +345,3 @@ def _wait_ready(settings: Settings, paths: BrokerPaths, pid: int, began: float, 
 def _log_tails(paths: BrokerPaths) -> str:
     parts = [tail_lines(paths.stdout_log, 10), tail_lines(paths.server_log, 20)]
     return "\n".join(part for part in parts if part) or "(no log output)"
-

@@ -83,8 +83,14 @@ def _fetch(settings: Settings, home: Path, log: Say) -> None:
     log(f"fetching Kafka {settings.kafka_version} jars from Maven Central into {libs} ...")
     started = time.monotonic()
     cmd = [
-        mvn, "-q", "-B", "-f", str(pom), f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-        f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(pom),
+        f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MAVEN_TIMEOUT_S)

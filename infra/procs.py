@@ -128,8 +128,9 @@ def spawn_detached(argv: Sequence[str], output: Path) -> int:
             (os.POSIX_SPAWN_DUP2, fd, 1),
             (os.POSIX_SPAWN_DUP2, fd, 2),
         ]
-        return os.posix_spawn(argv[0], list(argv), dict(os.environ), file_actions=actions,
-                              setsid=True)
+        return os.posix_spawn(
+            argv[0], list(argv), dict(os.environ), file_actions=actions, setsid=True
+        )
     finally:
         os.close(fd)
 

@@ -130,21 +130,39 @@ def up(settings: Settings, log: Say = say) -> RedisStatus:
         began = time.monotonic()
         log(f"starting redis-server on {host}:{port} ...")
         argv = [
-            server, "--bind", "127.0.0.1" if host == "localhost" else host, "--port", str(port),
-            "--daemonize", "yes", "--dir", str(paths.root), "--pidfile", str(paths.pid_file),
-            "--logfile", str(paths.log_file), "--save", "", "--appendonly", "no",
+            server,
+            "--bind",
+            "127.0.0.1" if host == "localhost" else host,
+            "--port",
+            str(port),
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(paths.root),
+            "--pidfile",
+            str(paths.pid_file),
+            "--logfile",
+            str(paths.log_file),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
         ]
         if parts.password:
             argv += ["--requirepass", parts.password]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         if proc.returncode != 0:
-            raise InfraError(f"redis-server failed to start ({proc.returncode}): "
-                             f"{(proc.stdout + proc.stderr).strip()}; see {paths.log_file}")
+            raise InfraError(
+                f"redis-server failed to start ({proc.returncode}): "
+                f"{(proc.stdout + proc.stderr).strip()}; see {paths.log_file}"
+            )
         while not answers(url):
             if time.monotonic() - began > START_TIMEOUT_S:
-                raise InfraError(f"redis-server did not answer on {url} within "
-                                 f"{START_TIMEOUT_S:.0f} s; see {paths.log_file}:\n"
-                                 f"{tail_lines(paths.log_file, 15)}")
+                raise InfraError(
+                    f"redis-server did not answer on {url} within "
+                    f"{START_TIMEOUT_S:.0f} s; see {paths.log_file}:\n"
+                    f"{tail_lines(paths.log_file, 15)}"
+                )
             time.sleep(0.05)
     found = status(settings)
     log(f"redis {found.version} ready in {time.monotonic() - began:.1f} s (pid {found.pid})")

@@ -59,8 +59,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(topics.verdicts, parts, {"cleanup.policy": "compact"}),
         TopicSpec(topics.labels, parts, {"cleanup.policy": "delete"}),
         TopicSpec(topics.features, parts, {"cleanup.policy": "delete", "retention.ms": retention}),
-        TopicSpec(topics.dead_letter, parts,
-                  {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)}),
+        TopicSpec(
+            topics.dead_letter,
+            parts,
+            {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)},
+        ),
     ]
     return specs
 
@@ -105,11 +108,16 @@ def ensure_topics(
     return summary
 
 
-def _create(admin: AdminClient, specs: list[TopicSpec], timeout_s: float,
-            summary: TopicsSummary) -> None:
+def _create(
+    admin: AdminClient, specs: list[TopicSpec], timeout_s: float, summary: TopicsSummary
+) -> None:
     new = [
-        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=-1,
-                 config=dict(spec.config))
+        NewTopic(
+            spec.name,
+            num_partitions=spec.partitions,
+            replication_factor=-1,
+            config=dict(spec.config),
+        )
         for spec in specs
     ]
     futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)

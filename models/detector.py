@@ -131,12 +131,17 @@ class Detector:
         first_ns, last_ns = extractor.ingest(record, cols)
         self.stats.frames += 1
         self.stats.samples += _rows(record)
+        frame_end_ns = int(record.get("frame_end_ns") or 0)
         if last_ns == 0:
-            return
+            if frame_end_ns == 0:
+                return
+            first_ns = last_ns = frame_end_ns  # an empty frame still proves the source alive
+        last_ns = max(last_ns, frame_end_ns)
         stream = (record["deployment"], extractor.SOURCE, record["node"])
         if not self.watermarks.observe(stream, first_ns):
             self.stats.late_frames += 1
             self._late_events += _rows(record)
+        self.watermarks.observe(stream, last_ns)
 
     # -- windows ----------------------------------------------------------------------
     def advance(self) -> list[Output]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sinks.metrics import SinkMetrics
 from sinks.heartbeat import heartbeat_record
+from sinks.metrics import SinkMetrics
 from sinks.redis_layout import HEARTBEAT_CONDITION
 from skewscope.config import Settings
 from skewscope.kafka.producer import DeliveryStats, EventProducer
@@ -58,5 +58,6 @@ class VerdictPublisher:
     def flush(self, timeout_s: float = 30.0) -> DeliveryStats:
         """Wait until the broker acknowledged everything queued; raises DeliveryError if not."""
         return self._producer.flush(timeout_s)
+
 
 __all__ = ["VerdictPublisher", "heartbeat_record"]

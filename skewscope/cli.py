@@ -18,8 +18,11 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("infra.cli", "add_infra_commands"),
     ("schemas.cli", "add_schema_commands"),
     ("producers.adapters.cli", "add_adapter_commands"),
+    ("producers.sim.cli", "add_sim_commands"),
     ("streams.cli", "add_worker_commands"),
     ("sinks.cli", "add_sink_commands"),
+    ("models.cli", "add_evaluate_commands"),
+    ("streams.replay.cli", "add_backtest_commands"),
 )
 
 

@@ -76,8 +76,10 @@ class Services:
     def plan_lines(self) -> list[str]:
         """Header lines: the source each service will come from (nothing is started here)."""
         lines = []
-        for name, env_var, image in (("kafka", "KAFKA_BOOTSTRAP", containers.KAFKA_IMAGE),
-                                     ("redis", "REDIS_URL", containers.REDIS_IMAGE)):
+        for name, env_var, image in (
+            ("kafka", "KAFKA_BOOTSTRAP", containers.KAFKA_IMAGE),
+            ("redis", "REDIS_URL", containers.REDIS_IMAGE),
+        ):
             mode = self.mode(env_var)
             if mode == "env":
                 lines.append(f"{name}: {env_var}={os.environ[env_var]} (from the environment)")
@@ -121,13 +123,21 @@ class Services:
         began = time.monotonic()
         if mode == "docker":
             address = containers.start_kafka(self._stack)
-            return ServiceChoice("kafka", address, f"testcontainers {containers.KAFKA_IMAGE} "
-                                 f"{address} (started in {time.monotonic() - began:.1f} s)")
+            return ServiceChoice(
+                "kafka",
+                address,
+                f"testcontainers {containers.KAFKA_IMAGE} "
+                f"{address} (started in {time.monotonic() - began:.1f} s)",
+            )
         with self._visible():
             result = kafka_broker.up(self.base)
         state = f"started in {result.elapsed_s:.1f} s" if result.started else "already running"
-        return ServiceChoice("kafka", address, f"local broker (infra/) {address}, "
-                             f"Kafka {result.version or '(version unknown)'} ({state})")
+        return ServiceChoice(
+            "kafka",
+            address,
+            f"local broker (infra/) {address}, "
+            f"Kafka {result.version or '(version unknown)'} ({state})",
+        )
 
     def _resolve_redis(self) -> ServiceChoice:
         mode = self.mode("REDIS_URL")
@@ -141,8 +151,9 @@ class Services:
         with self._visible():
             found = redis_server.up(self.base)
         state = "already running" if running else "started"
-        return ServiceChoice("redis", url, f"local redis-server (infra/) {url}, "
-                             f"Redis {found.version} ({state})")
+        return ServiceChoice(
+            "redis", url, f"local redis-server (infra/) {url}, Redis {found.version} ({state})"
+        )
 
     @contextlib.contextmanager
     def _visible(self) -> Iterator[None]:
@@ -230,11 +241,13 @@ def unique_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     admin = admin_client(conf)
     made: list[str] = []
 
-    def make(prefix: str = "test", partitions: int = 1,
-             config: Mapping[str, str] | None = None) -> str:
+    def make(
+        prefix: str = "test", partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> str:
         name = f"{prefix}.{uuid.uuid4().hex[:12]}"
-        new = NewTopic(name, num_partitions=partitions, replication_factor=-1,
-                       config=dict(config or {}))
+        new = NewTopic(
+            name, num_partitions=partitions, replication_factor=-1, config=dict(config or {})
+        )
         admin.create_topics([new], operation_timeout=30)[name].result(timeout=30)
         made.append(name)
         deadline = time.monotonic() + 10

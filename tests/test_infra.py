@@ -171,15 +171,18 @@ def test_up_on_running_services_is_a_noop(settings: Settings) -> None:
     summary = services.up(settings, log=lines.append)
     after = services.status(settings)
     assert [before["kafka"]["pid"], before["redis"]["pid"]] == [
-        after["kafka"]["pid"], after["redis"]["pid"]]
+        after["kafka"]["pid"],
+        after["redis"]["pid"],
+    ]
     assert sum("nothing to do" in line for line in lines) == 2, lines
     again = services.up(settings, log=lines.append)
     assert summary is not None and again is not None
     assert again.created == [] and not again.warnings
 
 
-def test_cli_status_json(settings: Settings, monkeypatch: pytest.MonkeyPatch,
-                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_status_json(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
     monkeypatch.setenv("REDIS_URL", settings.redis_url)
     assert main(["status", "--json"]) == 0

@@ -1,0 +1,213 @@
+"""``skewscope evaluate``: the randomized suite through the detector core, in process, scored.
+
+Each episode of :func:`producers.sim.suite.make_suite` is simulated and fed frame by frame to a
+fresh :class:`~models.detector.Detector`, exactly as the live worker and the backtest feed it;
+verdicts and the simulator's labels are collected and scored by :mod:`models.scoring`.
+Episodes run in worker processes (one per core). Entities are prefixed with the episode id
+before scoring, so episodes never match each other's labels.
+
+The headline table (``conditions``) scores the reference-severity episodes together with the
+look-alikes (whose verdicts are false positives); ``recall_by_severity`` comes from all fault
+episodes, the severity sweep included. ``clean`` runs the Azure trace scenarios with no fault
+and counts false verdict episodes per node-hour.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.detector import Detector, DetectorConfig
+from models.runbook import Runbook, load_runbook
+from models.scoring import clean_summary, confusion, episodes, match_labels, score
+from schemas.columns import unpack
+
+EPISODE_SLOT_NS = 10**13  # 10,000 s of event time between episodes once scored together
+SOURCE_SCHEMAS = {
+    "engine": ("EngineRequestFrame", "EngineSampleFrame"),
+    "nccl": ("CollectiveFrame",),
+    "gpu": ("GpuSampleFrame",),
+    "nic": ("NicCounterFrame",),
+    "dpu": ("DpuFrame",),
+}
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    episode_id: str
+    condition: str
+    reference: bool
+    lookalike: bool
+    severity: float
+    labels: list[dict[str, Any]]
+    verdicts: list[dict[str, Any]]
+    samples: int
+    sim_s: float
+    wall_s: float
+    node_count: int
+    utilization: float  # mean over engine samples of max(batch fill, KV usage)
+
+
+def run_episode(args: tuple[Any, frozenset[str], str, int]) -> EpisodeResult:
+    """Simulate one episode and detect on it (a top-level function: picklable for a pool)."""
+    from producers.sim import Simulation
+
+    episode, dropped, runbook_path, index = args
+    started = time.perf_counter()
+    sim = Simulation(episode.scenario, seed=episode.seed)
+    runbook = load_runbook(Path(runbook_path)) if runbook_path else load_runbook()
+    det = Detector(runbook, DetectorConfig())
+    skip = {schema for source in dropped for schema in SOURCE_SCHEMAS.get(source, ())}
+    for record in sim.topology:
+        det.process("TopologyRecord", record)
+    verdicts: list[dict[str, Any]] = []
+    busy_sum, busy_n = 0.0, 0
+    for frame in sim.frames(duration_s=episode.duration_s):
+        if frame.schema == "EngineSampleFrame":
+            cols = unpack(frame.schema, frame.record)
+            cap = np.maximum(cols["batch_capacity"], 1)
+            busy = np.maximum(cols["num_running"] / cap, cols["kv_cache_usage_ratio"])
+            busy_sum, busy_n = busy_sum + float(busy.sum()), busy_n + len(busy)
+        if frame.schema in skip:
+            continue
+        verdicts += [o.record for o in det.process(frame.schema, frame.record)]
+    verdicts += [o.record for o in det.flush()]
+    prefix = episode.episode_id + "|"
+    offset_ns = index * EPISODE_SLOT_NS
+    return EpisodeResult(
+        episode_id=episode.episode_id,
+        condition=episode.condition,
+        reference=episode.reference,
+        lookalike=episode.lookalike,
+        severity=episode.severity,
+        labels=[_isolated(x, prefix, offset_ns) for x in sim.labels],
+        verdicts=[
+            _isolated(v, prefix, offset_ns) for v in verdicts if v["condition"] != "heartbeat"
+        ],
+        samples=det.stats.samples,
+        sim_s=episode.duration_s,
+        wall_s=time.perf_counter() - started,
+        node_count=len(det.topology.nodes()),
+        utilization=busy_sum / busy_n if busy_n else 0.0,
+    )
+
+
+def _isolated(record: dict[str, Any], prefix: str, offset_ns: int) -> dict[str, Any]:
+    """Entity prefixed with the episode id and times shifted to the episode's own slot, so
+    the scorer can never match one episode's verdict to another's label."""
+    out = dict(record)
+    out["entity"] = prefix + record["entity"]
+    for key in ("onset_ns", "end_ns", "first_seen_ns", "last_seen_ns"):
+        if out.get(key) is not None:
+            out[key] = out[key] + offset_ns
+    return out
+
+
+def evaluate(
+    episodes_per_condition: int = 30,
+    seed: int = 0,
+    without_sources: frozenset[str] = frozenset(),
+    duration_s: float = 30.0,
+    clean_duration_s: float = 120.0,
+    runbook_path: str = "",
+    processes: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    from producers.sim import load_scenario
+    from producers.sim.suite import Episode, make_suite
+
+    runbook: Runbook = load_runbook(Path(runbook_path)) if runbook_path else load_runbook()
+    processes = processes or os.cpu_count() or 1
+    suite = make_suite(
+        episodes_per_condition=episodes_per_condition, seed=seed, duration_s=duration_s
+    )
+    started = time.perf_counter()
+    results: list[EpisodeResult] = []
+    for i, result in enumerate(_stream(suite, without_sources, runbook_path, processes)):
+        results.append(result)
+        if progress:
+            print(
+                f"\revaluate: {i + 1}/{len(suite)} episodes, {time.perf_counter() - started:.0f} s",
+                end="",
+                flush=True,
+            )
+    if progress:
+        print()
+    headline = [r for r in results if r.reference or r.lookalike]
+    out = score(
+        [x for r in headline for x in r.labels],
+        [v for r in headline for v in r.verdicts],
+        runbook,
+    )
+    everything = score(
+        [x for r in results for x in r.labels], [v for r in results for v in r.verdicts], runbook
+    )
+    for cid, row in out["conditions"].items():
+        row["recall_by_severity"] = everything["conditions"][cid]["recall_by_severity"]
+        row["episodes"] = sum(1 for r in headline if r.condition == cid)
+    all_eps = episodes([v for r in results for v in r.verdicts])
+    outcomes = match_labels([x for r in results for x in r.labels], all_eps, 5e9)
+    clean_runs = {}
+    for name in ("azure-code", "azure-conv"):
+        scenario = load_scenario(name)
+        ep = Episode(
+            episode_id=f"clean-{name}",
+            condition="clean",
+            scenario=scenario,
+            seed=seed,
+            duration_s=clean_duration_s,
+            faults=(),
+            reference=False,
+            severity=0.0,
+            lookalike=False,
+        )
+        res = run_episode((ep, without_sources, runbook_path, 0))
+        node_hours = res.node_count * res.sim_s / 3600
+        summary = clean_summary(res.verdicts, node_hours, res.labels)
+        clean_runs[name] = {
+            "false_verdicts": summary["false_episodes"],
+            "node_hours": summary["node_hours"],
+            "false_per_node_hour": summary["false_episodes_per_node_hour"],
+            "by_condition": summary["by_condition"],
+            "utilization": round(res.utilization, 4),
+        }
+    samples = sum(r.samples for r in results)
+    wall = sum(r.wall_s for r in results)
+    out["clean"] = clean_runs
+    out["confusion"] = confusion(outcomes)
+    out["suite"] = {
+        "episodes_per_condition": episodes_per_condition,
+        "seed": seed,
+        "episodes": len(results),
+        "duration_s": duration_s,
+        "without_sources": sorted(without_sources),
+        "samples": samples,
+        "episode_wall_s_total": round(wall, 1),
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    return out
+
+
+def _stream(
+    suite: list[Any], dropped: frozenset[str], runbook_path: str, processes: int
+) -> Iterable[EpisodeResult]:
+    jobs = [(ep, dropped, runbook_path, i) for i, ep in enumerate(suite)]
+    if processes <= 1:
+        yield from (run_episode(j) for j in jobs)
+        return
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(processes) as pool:
+        yield from pool.imap(run_episode, jobs, chunksize=1)
+
+
+def write(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=True))

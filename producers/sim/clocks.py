@@ -1,0 +1,54 @@
+"""Host and DPU clocks of every node: offset, drift, jitter, path asymmetry, steps.
+
+True time is the simulator's event time. A clock reads
+``local = true + offset + drift_ppb * 1e-9 * (true - epoch) + step + jitter``.
+The residual offset of a PTP-disciplined clock is a small random constant plus half its path
+asymmetry (PTP cannot see asymmetry); jitter is drawn per timestamp. A clock step (the
+clock-desync cause) adds a constant from its onset on. Telemetry emitters stamp every
+timestamp through :meth:`Clocks.to_local` of the clock named in the frame's ``clock_id``.
+
+Clock indices: ``2 * node`` is the node's host clock, ``2 * node + 1`` its DPU clock.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from producers.sim.scenario import ClusterSpec
+
+
+class Clocks:
+    """All clocks of the cluster; ``step_ns`` is the cause knob of a clock step."""
+
+    def __init__(
+        self, node_names: list[str], spec: ClusterSpec, epoch_ns: int, rng: np.random.Generator
+    ) -> None:
+        n = 2 * len(node_names)
+        self.ids = [f"{name}/{kind}" for name in node_names for kind in ("host", "dpu")]
+        self.epoch_ns = epoch_ns
+        asymmetry = rng.normal(0.0, spec.path_asymmetry_ns, n)
+        self.offset_ns = rng.normal(0.0, spec.clock_offset_ns, n) + asymmetry / 2.0
+        self.drift_ppb = rng.normal(0.0, spec.clock_drift_ppb, n)
+        self.jitter_ns = float(spec.clock_jitter_ns)
+        self.step_ns = np.zeros(n)
+        self._rng = rng
+
+    @staticmethod
+    def host(node: int) -> int:
+        return 2 * node
+
+    @staticmethod
+    def dpu(node: int) -> int:
+        return 2 * node + 1
+
+    def to_local(self, clock: int, true_ns: np.ndarray) -> np.ndarray:
+        """Timestamps ``true_ns`` (int64 array) as clock ``clock`` would write them."""
+        t = np.asarray(true_ns, dtype=np.int64)
+        error = (
+            self.offset_ns[clock]
+            + self.step_ns[clock]
+            + self.drift_ppb[clock] * 1e-9 * (t - self.epoch_ns).astype(np.float64)
+        )
+        if self.jitter_ns > 0 and t.size:
+            error = error + self._rng.normal(0.0, self.jitter_ns, t.shape)
+        return t + np.rint(error).astype(np.int64)

@@ -1,0 +1,406 @@
+"""One engine step on every rank: compute, TP all-reduce, PP send/recv, MoE all-to-all.
+
+Blocking collectives end together: each rank starts when its own compute ends, all end at
+``max(start) + transfer``. So a slow rank (clock factor < 1, host delay, offload stall) is the
+last to start and has the *shortest* duration; its peers wait. A step of a stage with K
+collectives of equal compute segments has, in closed form (vectorised over ranks):
+
+* first collective: ``a_r = entry_r + c_r``, ``end = max(a) + T``, duration ``end - a_r``;
+* each later one: duration ``max(c) - c_r + T`` (the previous collective aligned the ranks);
+* stage time ``end_1 + (K - 1) * (max(c) + T)``.
+
+Stages run in sequence: stage p+1's rank t starts when stage p's rank t has sent it the
+activations (send/recv over NVLink inside a node, over the fabric between nodes); the last
+stage returns sampled tokens to stage 0. MoE deployments (``model.n_experts > 0``, pp = 1,
+experts spread over the TP ranks) add per layer a dispatch and a combine all-to-all whose
+transfer is set by the most loaded receiver (incast), and per-rank expert compute
+proportional to the tokens routed to its experts.
+
+Group ids and communicator ranks (the CollectiveFrame ``rank`` column):
+``tp<p>`` TP group of stage p, rank = tp_rank; ``pp<a>-<b>`` send/recv from stage a to b,
+rank = tp_rank for senders (stage a) and tp + tp_rank for receivers (stage b); ``ep`` the
+all-to-all group of a MoE deployment, rank = tp_rank.
+
+Cause knobs here: ``stage_ratios`` (layer partition), ``expert_weights`` (expert popularity).
+GPU, PCIe and fabric causes are read from their own state objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from producers.sim.fabric import Fabric
+from producers.sim.gpu import GpuState
+from producers.sim.pcie import PcieState
+from producers.sim.scenario import ClusterSpec, DeploymentSpec
+from producers.sim.topology import DeploymentLayout
+
+NVLINK_LATENCY_NS = 8_000.0
+TOKEN_RETURN_BYTES_PER_SEQ = 64
+SCHED_OVERHEAD_NS = 250_000.0
+
+
+SUMMARY = ("rank", "node", "count", "first_start", "sum", "max", "bytes")
+DETAIL = ("rank", "node", "start", "duration")
+
+
+@dataclass
+class RowLog:
+    """Collective summary and detail rows of one group, kept as per-step blocks.
+
+    A block is (step, end_ns, columns...) with per-rank arrays; absolute times are int64 ns.
+    """
+
+    summary: list[tuple[int, int, tuple[np.ndarray, ...]]] = field(default_factory=list)
+    detail: list[tuple[int, int, tuple[np.ndarray, ...]]] = field(default_factory=list)
+
+    @staticmethod
+    def take(
+        blocks: list[tuple[int, int, tuple[np.ndarray, ...]]],
+        names: tuple[str, ...],
+        until_ns: int,
+    ) -> dict[str, np.ndarray]:
+        """Rows of blocks whose step ended before until_ns (removed from blocks)."""
+        now = [b for b in blocks if b[1] < until_ns]
+        blocks[:] = [b for b in blocks if b[1] >= until_ns]
+        if not now:
+            return {}
+        sizes = [b[2][0].size for b in now]
+        out = {
+            "step": np.repeat([b[0] for b in now], sizes),
+            "end_ns": np.repeat([b[1] for b in now], sizes),
+        }
+        for i, name in enumerate(names):
+            out[name] = np.concatenate([b[2][i] for b in now])
+        return out
+
+
+@dataclass
+class StepIntervals:
+    """Start and end of every completed step (GPU busy time), plus an in-flight hang."""
+
+    start: list[int] = field(default_factory=list)
+    end: list[int] = field(default_factory=list)
+
+
+class Executor:
+    """Runs the steps of one deployment on its ranks and logs what NCCL would record."""
+
+    def __init__(
+        self,
+        spec: DeploymentSpec,
+        layout: DeploymentLayout,
+        cluster: ClusterSpec,
+        gpus: GpuState,
+        pcie: PcieState,
+        fabric: Fabric,
+        rng: np.random.Generator,
+    ) -> None:
+        self.spec, self.layout, self.model = spec, layout, spec.model
+        self.gpus, self.pcie, self.fabric = gpus, pcie, fabric
+        self.rng = rng
+        pp = spec.pp
+        ratios = np.array(spec.stage_layer_ratios or [1.0] * pp, dtype=float)
+        self.stage_ratios = ratios / ratios.sum()
+        self.moe = spec.model.n_experts > 0
+        self.expert_weights = np.ones(max(1, spec.model.n_experts))
+        self.experts_per_rank = max(1, spec.model.n_experts // spec.tp)
+        self.nvlink_bytes_per_s = cluster.nvlink_gbytes_per_s * 1e9
+        self.jitter = cluster.step_jitter_ratio
+        self.detail_every = max(1, cluster.collective_detail_every)
+        self.step_seq = 0
+        self.logs: dict[str, RowLog] = {}
+        self.intervals = StepIntervals()
+        self.expert_log: list[tuple[int, np.ndarray]] = []
+        self.hang_start_ns: int | None = None
+        self.hung_gpus = np.zeros(0, dtype=np.int64)
+        self.last_step_ns = 0.0
+        self.gpu_node = layout.rank_node  # [pp, tp]
+
+    # -- one step ----------------------------------------------------------------------
+    def step(self, t0: int, n_decode: int, prefill_tokens: int, kv_tokens: int) -> int | None:
+        """Run one forward pass from t0; return its end time, or None if a rank hangs."""
+        gpus_all = self.layout.rank_gpu
+        hung = self.gpus.hung[gpus_all]
+        if hung.any():
+            if self.hang_start_ns is None:
+                self.hang_start_ns = t0
+                self.hung_gpus = gpus_all[hung]
+            return None
+        m, spec = self.model, self.spec
+        tokens = n_decode + prefill_tokens
+        nominal_ns = (
+            m.step_base_us * 1e3
+            + m.decode_us_per_seq * 1e3 * n_decode
+            + m.prefill_us_per_token * 1e3 * prefill_tokens
+            + m.attn_ns_per_kv_token * kv_tokens
+        )
+        scale = (
+            self.gpus.compute_scale(gpus_all)
+            * self.pcie.compute_stretch(gpus_all)
+            * (1.0 + self.rng.normal(0.0, self.jitter, gpus_all.shape))
+        )
+        host_delay = self.gpus.host_delay_ns[gpus_all]
+        act_bytes = float(max(tokens, 1) * m.hidden * 2)
+        step = self.step_seq
+        self.step_seq += 1
+        self._now = t0  # times below are ns relative to t0 (float64 keeps ns precision)
+        detail = step % self.detail_every == 0
+        entry = np.full(spec.tp, SCHED_OVERHEAD_NS)
+        stage_end = 0.0
+        for p in range(spec.pp):
+            layers = max(1, round(m.layers * self.stage_ratios[p]))
+            compute = nominal_ns * self.stage_ratios[p] * scale[p]
+            if self.moe:
+                stage_end = self._moe_stage(
+                    p, step, entry, compute, layers, tokens, act_bytes, host_delay[p], detail
+                )
+            else:
+                k = 2 * layers
+                t_ar = self._allreduce_ns(p, act_bytes, k)
+                seg = compute / k + host_delay[p]
+                stage_end = self._aligned(
+                    f"tp{p}", p, step, entry, [(seg, t_ar)], k, {f"tp{p}": act_bytes * k}, detail
+                )
+            if spec.pp > 1:
+                entry = self._send(
+                    p,
+                    (p + 1) % spec.pp,
+                    step,
+                    stage_end,
+                    act_bytes,
+                    detail,
+                    tokens_back=(p == spec.pp - 1),
+                    n_seqs=max(tokens, 1),
+                )
+        t_end = float(entry.max()) if spec.pp > 1 else stage_end
+        end_ns = t0 + int(t_end)
+        self.intervals.start.append(t0)
+        self.intervals.end.append(end_ns)
+        self.last_step_ns = end_ns - t0
+        return end_ns
+
+    # -- pieces --------------------------------------------------------------------------
+    def _allreduce_ns(self, stage: int, nbytes: float, count: int) -> float:
+        """Time of one of ``count`` all-reduces of nbytes (fabric traffic of all accounted)."""
+        n = self.spec.tp
+        if n == 1:
+            return 0.0
+        ring = 2.0 * (n - 1) / n * nbytes
+        nodes = self.gpu_node[stage]
+        t = NVLINK_LATENCY_NS + ring / self.nvlink_bytes_per_s * 1e9
+        if np.unique(nodes).size > 1:
+            src = self.layout.rank_gpu[stage]
+            dst = np.roll(src, -max(1, n // np.unique(nodes).size))
+            per = np.full(n, ring / n * count)
+            t += float(self.fabric.transfer(src, dst, per, np.full(n, self._now)).max()) / count
+        return t
+
+    def _aligned(
+        self,
+        group: str,
+        stage: int,
+        step: int,
+        entry: np.ndarray,
+        phases: list[tuple[np.ndarray, float]],
+        repeats: int,
+        bytes_by_group: dict[str, float | np.ndarray],
+        detail: bool,
+        record_groups: list[str] | None = None,
+    ) -> float:
+        """Run ``repeats`` rounds of phases (segment compute per rank, transfer); log rows."""
+        t = entry
+        groups = record_groups or [group] * len(phases)
+        stats: dict[str, dict[str, np.ndarray]] = {}
+        end = 0.0
+        layer_ns = 0.0
+        for (seg, transfer), name in zip(phases, groups, strict=True):
+            arrive = t + seg
+            end = float(arrive.max()) + transfer
+            first = end - arrive
+            steady = seg.max() - seg + transfer
+            s = stats.setdefault(name, {})
+            if "first_start" not in s:
+                s["first_start"] = arrive
+                s["first_dur"] = first
+                s["count"] = np.zeros(seg.size)
+                s["sum"] = np.zeros(seg.size)
+                s["max"] = np.zeros(seg.size)
+            s["count"] = s["count"] + repeats
+            s["sum"] = s["sum"] + first + (repeats - 1) * steady
+            s["max"] = np.maximum(s["max"], np.maximum(first, steady if repeats > 1 else 0.0))
+            layer_ns += float(seg.max()) + transfer
+            t = np.full(seg.size, end)
+        stage_end = end + (repeats - 1) * layer_ns
+        for name, s in stats.items():
+            ranks = np.arange(s["count"].size)
+            self._log(name, stage, step, ranks, s, bytes_by_group[name], stage_end, detail)
+        return stage_end
+
+    def _log(
+        self,
+        group: str,
+        stage: int,
+        step: int,
+        comm_ranks: np.ndarray,
+        s: dict[str, np.ndarray],
+        nbytes: float | np.ndarray,
+        end_rel: float,
+        detail: bool,
+        node: np.ndarray | None = None,
+    ) -> None:
+        n = comm_ranks.size
+        log = self.logs.setdefault(group, RowLog())
+        nodes = self.gpu_node[stage] if node is None else node
+        start = self._now + np.rint(s["first_start"]).astype(np.int64)
+        end_ns = self._now + int(end_rel)
+        log.summary.append(
+            (
+                step,
+                end_ns,
+                (
+                    comm_ranks,
+                    nodes,
+                    s["count"],
+                    start,
+                    s["sum"],
+                    s["max"],
+                    np.broadcast_to(np.asarray(nbytes, dtype=float), (n,)),
+                ),
+            )
+        )
+        if detail:
+            log.detail.append((step, end_ns, (comm_ranks, nodes, start, s["first_dur"])))
+
+    def _send(
+        self,
+        a: int,
+        b: int,
+        step: int,
+        send_at: float,
+        act_bytes: float,
+        detail: bool,
+        tokens_back: bool,
+        n_seqs: int,
+    ) -> np.ndarray:
+        """Stage a sends to stage b (activations, or sampled tokens back to stage 0).
+
+        Returns the time each rank of stage b has its input (its entry time)."""
+        tp = self.spec.tp
+        src = self.layout.rank_gpu[a]
+        dst = self.layout.rank_gpu[b]
+        nbytes = float(n_seqs * TOKEN_RETURN_BYTES_PER_SEQ) if tokens_back else act_bytes
+        same_node = self.gpu_node[a] == self.gpu_node[b]
+        start = np.full(tp, send_at)
+        dur = np.where(
+            same_node,
+            NVLINK_LATENCY_NS + nbytes / self.nvlink_bytes_per_s * 1e9,
+            0.0,
+        )
+        remote = ~same_node
+        if remote.any():
+            dur[remote] = self.fabric.transfer(
+                src[remote],
+                dst[remote],
+                np.full(int(remote.sum()), nbytes),
+                self._now + start[remote].astype(np.int64),
+            )
+        arrive = start + dur
+        # receivers posted their recv when they went idle: at step start (later stages) or
+        # after sending their own output (stage 0 waiting for sampled tokens)
+        posted = np.zeros(tp) if b != 0 else np.full(tp, send_at)
+        if b == 0 and a != 0:
+            posted = np.full(tp, float(self._stage0_sent))
+        if a == 0:
+            self._stage0_sent = float(arrive.max())
+        recv_dur = arrive - posted
+        group = f"pp{a}-{b}"
+        ones = np.ones(tp)
+        self._log(
+            group,
+            a,
+            step,
+            np.arange(tp),
+            {"count": ones, "first_start": start, "sum": dur, "max": dur, "first_dur": dur},
+            nbytes,
+            float(arrive.max()),
+            detail,
+            node=self.gpu_node[a],
+        )
+        self._log(
+            group,
+            b,
+            step,
+            tp + np.arange(tp),
+            {
+                "count": ones,
+                "first_start": posted,
+                "sum": recv_dur,
+                "max": recv_dur,
+                "first_dur": recv_dur,
+            },
+            nbytes,
+            float(arrive.max()),
+            detail,
+            node=self.gpu_node[b],
+        )
+        return arrive
+
+    _stage0_sent = 0.0
+    _now = 0
+
+    def _moe_stage(
+        self,
+        stage: int,
+        step: int,
+        entry: np.ndarray,
+        compute: np.ndarray,
+        layers: int,
+        tokens: int,
+        act_bytes: float,
+        host_delay: np.ndarray,
+        detail: bool,
+    ) -> float:
+        m, tp = self.model, self.spec.tp
+        weights = self.expert_weights / self.expert_weights.sum()
+        routed = self.rng.multinomial(max(tokens, 1) * m.top_k, weights)
+        self.expert_log.append((self._now + int(entry.min()), routed))
+        per_rank_tokens = routed.reshape(tp, self.experts_per_rank).sum(axis=1)
+        scale = compute / max(compute.mean(), 1.0)
+        expert_ns = m.expert_us_per_token * 1e3 * per_rank_tokens * scale
+        t_ar = self._allreduce_ns(stage, act_bytes, layers)
+        # all-to-all: each routed token's activation travels to its expert's rank and back
+        recv_bytes = per_rank_tokens * m.hidden * 2.0
+        t_a2a = self._alltoall_ns(stage, recv_bytes * 2 * layers) / (2 * layers)
+        dense = compute / layers + host_delay
+        gate = np.full(tp, 0.02 * float(compute.mean()) / layers)
+        phases = [(dense, t_ar), (gate, t_a2a), (expert_ns / layers, t_a2a)]
+        sent_bytes = float(max(tokens, 1) * m.top_k * m.hidden * 2) / tp
+        a2a_bytes = (recv_bytes + sent_bytes) * 2 * layers
+        return self._aligned(
+            f"tp{stage}",
+            stage,
+            step,
+            entry,
+            phases,
+            layers,
+            {f"tp{stage}": act_bytes * layers, "ep": a2a_bytes},
+            detail,
+            record_groups=[f"tp{stage}", "ep", "ep"],
+        )
+
+    def _alltoall_ns(self, stage: int, recv_bytes_total: np.ndarray) -> float:
+        """Time of all dispatch/combine transfers of a step: the busiest receiver decides."""
+        gpus = self.layout.rank_gpu[stage]
+        nodes = self.gpu_node[stage]
+        n_nodes = np.unique(nodes).size
+        local = recv_bytes_total / n_nodes
+        t_nvlink = float(local.max()) / self.nvlink_bytes_per_s * 1e9
+        if n_nodes == 1:
+            return NVLINK_LATENCY_NS + t_nvlink
+        remote = recv_bytes_total * (n_nodes - 1) / n_nodes
+        src = np.roll(gpus, self.spec.tp // n_nodes)  # a peer on another node sends
+        t_remote = self.fabric.transfer(src, gpus, remote, np.full(gpus.size, self._now))
+        return float(t_remote.max()) + t_nvlink

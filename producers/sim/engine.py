@@ -1,0 +1,238 @@
+"""A vLLM-V1-like engine: continuous batching with chunked prefill, KV blocks, preemption.
+
+Each step the scheduler (1) admits waiting requests into free batch slots while their prompt's
+KV blocks fit (continuous batching), or, with ``backfill`` off (static batching, the
+early-stop-skew cause), only when the whole batch has drained; (2) gives decode sequences one
+token each and spends the rest of ``max_batched_tokens`` on prefill chunks in admission order;
+(3) if the KV cache cannot hold the step's new tokens, preempts the most recently admitted
+sequences (recompute: they return to the head of the queue and redo prefill of prompt and
+generated tokens). The step's duration comes from the deployment's :class:`Executor` (ranks,
+collectives, fabric). A request's first token comes at the end of the step that finishes its
+prefill.
+
+Cause knobs: ``backfill``, ``kv_capacity_blocks`` (the KV budget; kv-cache-pressure),
+``max_num_seqs`` (the control surface's set_max_batch). Lifecycle events use the codes of
+EngineRequestFrame.kind. Limits: one scheduler per replica, FCFS, no priorities, no
+speculative decoding, no prefix caching.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from producers.sim.collectives import Executor
+from producers.sim.scenario import DeploymentSpec
+
+ARRIVED, SCHEDULED, PREFILL_START, FIRST_TOKEN, FINISHED, PREEMPTED, ABORTED = range(7)
+
+
+class Engine:
+    """One replica's scheduler and its request lifecycle log."""
+
+    def __init__(self, spec: DeploymentSpec, executor: Executor) -> None:
+        self.name = spec.name
+        self.executor = executor
+        self.backfill = spec.batching == "continuous"
+        self.block_tokens = spec.kv_block_tokens
+        self.kv_capacity_blocks = spec.kv_capacity_tokens // spec.kv_block_tokens
+        self.max_num_seqs = spec.max_num_seqs
+        self.max_batched_tokens = spec.max_batched_tokens
+        cap = spec.max_num_seqs
+        self._cap = cap
+        self.slot_req = np.full(cap, -1, dtype=np.int64)
+        self.slot_prompt = np.zeros(cap, dtype=np.int64)
+        self.slot_target = np.zeros(cap, dtype=np.int64)
+        self.slot_out = np.zeros(cap, dtype=np.int64)
+        self.slot_prefill = np.zeros(cap, dtype=np.int64)  # tokens still to prefill
+        self.slot_kv = np.zeros(cap, dtype=np.int64)  # tokens held in KV
+        self.slot_order = np.zeros(cap, dtype=np.int64)
+        self._admit_seq = 0
+        self.waiting: deque[int] = deque()
+        self._pending_ready = np.zeros(0, dtype=np.int64)
+        self._pending_req = np.zeros(0, dtype=np.int64)
+        # request table (local index -> fields)
+        self.req_prompt: list[int] = []
+        self.req_target: list[int] = []
+        self.req_out_done: list[int] = []  # tokens generated before a preemption
+        self.req_conn: list[int] = []
+        self.req_arrival: list[int] = []
+        self.req_first_token: list[int] = []
+        self.req_scheduled: list[int] = []
+        # logs
+        self.events: list[tuple[int, int, int, int, int]] = []  # req, kind, t, prompt, out
+        self.snap_t: list[int] = []
+        self.snap: list[tuple[int, int, float, int, int, int, int]] = []
+        self.preemptions_total = 0
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.t_ns = 0
+        self.busy_since: int | None = None
+        self.stalled = False
+        self.kv_blocked = False  # last admission stopped for lack of KV blocks (true state)
+
+    # -- requests in ----------------------------------------------------------------------
+    def submit(
+        self,
+        arrival_ns: np.ndarray,
+        ready_ns: np.ndarray,
+        prompt: np.ndarray,
+        output: np.ndarray,
+        conn: np.ndarray,
+    ) -> None:
+        """Requests that arrived at arrival_ns and are tokenized (ready) at ready_ns."""
+        base = len(self.req_prompt)
+        n = arrival_ns.size
+        self.req_prompt += prompt.tolist()
+        self.req_target += output.tolist()
+        self.req_out_done += [0] * n
+        self.req_conn += conn.tolist()
+        self.req_arrival += arrival_ns.tolist()
+        self.req_first_token += [-1] * n
+        self.req_scheduled += [-1] * n
+        for i in range(n):
+            self.events.append((base + i, ARRIVED, int(arrival_ns[i]), int(prompt[i]), 0))
+        ids = np.arange(base, base + n)
+        ready = np.concatenate([self._pending_ready, ready_ns])
+        reqs = np.concatenate([self._pending_req, ids])
+        order = np.argsort(ready, kind="stable")
+        self._pending_ready, self._pending_req = ready[order], reqs[order]
+
+    def _release_ready(self, t: int) -> None:
+        k = int(np.searchsorted(self._pending_ready, t, "right"))
+        if k:
+            self.waiting.extend(self._pending_req[:k].tolist())
+            self._pending_ready = self._pending_ready[k:]
+            self._pending_req = self._pending_req[k:]
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run_until(self, t_end: int) -> None:
+        """Run steps that start before t_end."""
+        while not self.stalled:
+            self._release_ready(self.t_ns)
+            active = self.slot_req >= 0
+            if not active.any() and not self.waiting:
+                if self._pending_ready.size and self._pending_ready[0] < t_end:
+                    self.t_ns = max(self.t_ns, int(self._pending_ready[0]))
+                    continue
+                self.t_ns = max(self.t_ns, t_end)
+                self.busy_since = None
+                return
+            if self.t_ns >= t_end:
+                return
+            self._step()
+
+    def _free_blocks(self) -> int:
+        used = -(-self.slot_kv[self.slot_req >= 0] // self.block_tokens)
+        return self.kv_capacity_blocks - int(used.sum())
+
+    def _admit(self, t: int) -> None:
+        active = self.slot_req >= 0
+        if not self.backfill and active.any():
+            return
+        limit = min(self.max_num_seqs, self._cap)
+        free_blocks = self._free_blocks()
+        self.kv_blocked = False
+        while self.waiting and int((self.slot_req >= 0).sum()) < limit:
+            req = self.waiting[0]
+            need_tokens = self.req_prompt[req] + self.req_out_done[req]
+            need = -(-need_tokens // self.block_tokens)  # nothing reserved for decode (V1)
+            if need > free_blocks:
+                self.kv_blocked = True
+                break
+            self.waiting.popleft()
+            slot = int(np.flatnonzero(self.slot_req < 0)[0])
+            self.slot_req[slot] = req
+            self.slot_prompt[slot] = self.req_prompt[req]
+            self.slot_target[slot] = self.req_target[req]
+            self.slot_out[slot] = self.req_out_done[req]
+            self.slot_prefill[slot] = need_tokens
+            self.slot_kv[slot] = 0
+            self.slot_order[slot] = self._admit_seq
+            self._admit_seq += 1
+            free_blocks -= need
+            if self.req_scheduled[req] < 0:
+                self.req_scheduled[req] = t
+            self.events.append((req, SCHEDULED, t, self.req_prompt[req], self.req_out_done[req]))
+            self.events.append(
+                (req, PREFILL_START, t + 150_000, self.req_prompt[req], self.req_out_done[req])
+            )
+
+    def _preempt_until_fits(self, new_tokens: np.ndarray, t: int) -> np.ndarray:
+        """Preempt latest-admitted sequences until the step's new tokens fit; returns mask."""
+        while True:
+            active = self.slot_req >= 0
+            after = self.slot_kv + new_tokens
+            blocks = int((-(-after[active] // self.block_tokens)).sum())
+            if blocks <= self.kv_capacity_blocks or active.sum() <= 1:
+                return active
+            victim = int(np.flatnonzero(active)[np.argmax(self.slot_order[active])])
+            req = int(self.slot_req[victim])
+            self.req_out_done[req] = int(self.slot_out[victim])
+            self.events.append((req, PREEMPTED, t, self.req_prompt[req], self.req_out_done[req]))
+            self.preemptions_total += 1
+            self.slot_req[victim] = -1
+            new_tokens[victim] = 0
+            self.waiting.appendleft(req)
+
+    def _step(self) -> None:
+        t0 = self.t_ns
+        if self.busy_since is None:
+            self.busy_since = t0
+        self._admit(t0)
+        active = self.slot_req >= 0
+        decoding = active & (self.slot_prefill == 0)
+        n_decode = int(decoding.sum())
+        budget = max(0, self.max_batched_tokens - n_decode)
+        prefilling = np.flatnonzero(active & (self.slot_prefill > 0))
+        prefilling = prefilling[np.argsort(self.slot_order[prefilling])]
+        want = self.slot_prefill[prefilling]
+        before = np.concatenate([[0], np.cumsum(want)[:-1]])
+        take = np.clip(budget - before, 0, want)
+        new_tokens = decoding.astype(np.int64)
+        new_tokens[prefilling] = take
+        active = self._preempt_until_fits(new_tokens, t0)
+        decoding &= active
+        n_decode = int(decoding.sum())
+        prefill_tokens = int(new_tokens[active & ~decoding].sum())
+        kv_tokens = int(self.slot_kv[active].sum())
+        end = self.executor.step(t0, n_decode, prefill_tokens, kv_tokens)
+        if end is None:
+            self.stalled = True
+            return
+        self.slot_kv += new_tokens * active
+        took = active & ~decoding & (new_tokens > 0)
+        self.slot_prefill[took] -= new_tokens[took]
+        self.prompt_tokens_total += prefill_tokens
+        done_prefill = took & (self.slot_prefill == 0)
+        produced = decoding | done_prefill
+        self.slot_out[produced] += 1
+        self.generation_tokens_total += int(produced.sum())
+        for slot in np.flatnonzero(done_prefill):
+            req = int(self.slot_req[slot])
+            if self.req_first_token[req] < 0:
+                self.req_first_token[req] = end
+                self.events.append((req, FIRST_TOKEN, end, self.req_prompt[req], 1))
+        finished = produced & (self.slot_out >= self.slot_target)
+        for slot in np.flatnonzero(finished):
+            req = int(self.slot_req[slot])
+            self.events.append((req, FINISHED, end, self.req_prompt[req], int(self.slot_out[slot])))
+            self.slot_req[slot] = -1
+            self.slot_kv[slot] = 0
+        self.t_ns = end
+        running = int((self.slot_req >= 0).sum())
+        used = self.kv_capacity_blocks - self._free_blocks()
+        self.snap_t.append(end)
+        self.snap.append(
+            (
+                running,
+                len(self.waiting)
+                + int(self._pending_ready.size and (self._pending_ready <= end).sum()),
+                used / self.kv_capacity_blocks,
+                self.preemptions_total,
+                self.prompt_tokens_total,
+                self.generation_tokens_total,
+                end - t0,
+            )
+        )

@@ -1,0 +1,220 @@
+"""Simulator mechanics, asserted on emitted frames (decoded with schemas.columns.unpack)."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from producers.sim import Simulation, load_scenario
+from producers.sim.nic_counters import COUNTERS
+from producers.sim.readback import Readback
+from producers.sim.scenario import Scenario
+from schemas.codec import AvroCodec
+
+FAULTS_PY = Path(__file__).resolve().parent.parent / "producers" / "sim" / "faults.py"
+
+
+def _early(name: str, onset_s: float = 1.37) -> Scenario:
+    s = load_scenario(name)
+    return dataclasses.replace(
+        s, faults=tuple(dataclasses.replace(f, onset_s=onset_s) for f in s.faults)
+    )
+
+
+def _run(scenario: Scenario, seconds: float, seed: int = 1) -> tuple[Simulation, Readback]:
+    sim = Simulation(scenario, seed=seed)
+    return sim, Readback().extend(sim.frames(duration_s=seconds))
+
+
+def test_throttled_rank_starts_last_and_has_the_shortest_collective_duration() -> None:
+    sim, rb = _run(_early("tp-straggler"), 4.0)
+    onset = sim.start_ns + 1_370_000_000
+    # rank 5 of llama70b-a = stage 1, tp_rank 1: communicator rank 1 of group tp1
+    tab = rb.collective_table("llama70b-a", "tp1")
+    after = tab["first_start_ns"] > onset + 50_000_000
+    steps = np.unique(tab["step"][after])
+    assert steps.size > 30
+    latest, shortest = 0, 0
+    for step in steps:
+        sel = after & (tab["step"] == step)
+        ranks = tab["rank"][sel]
+        latest += ranks[np.argmax(tab["first_start_ns"][sel])] == 1
+        shortest += ranks[np.argmin(tab["duration_sum_ns"][sel])] == 1
+    assert latest / steps.size > 0.9
+    assert shortest / steps.size > 0.9
+    mine = tab["duration_sum_ns"][after & (tab["rank"] == 1)].mean()
+    peers = tab["duration_sum_ns"][after & (tab["rank"] != 1)].mean()
+    assert peers > 2.0 * mine  # the peers wait for it
+    # and its GPU says why: clock at 0.85 of max, thermal throttle bits
+    gpu = rb.gpu_table("node01")
+    busy = (gpu["ts_ns"] > onset + 20_000_000) & (gpu["gpu_util_ratio"] > 0.5)
+    mine_clock = gpu["sm_clock_mhz"][busy & (gpu["gpu_index"] == 1)] / gpu["sm_clock_max_mhz"][0]
+    assert abs(float(np.median(mine_clock)) - 0.85) < 0.01
+    assert np.all(gpu["throttle_reasons"][busy & (gpu["gpu_index"] == 1)] & 0x40)
+    assert not np.any(gpu["throttle_reasons"][busy & (gpu["gpu_index"] != 1)] & 0x40)
+
+
+def test_before_the_onset_the_throttled_rank_is_not_special() -> None:
+    _, rb = _run(_early("tp-straggler", onset_s=3.37), 3.0)
+    tab = rb.collective_table("llama70b-a", "tp1")
+    means = [tab["duration_sum_ns"][tab["rank"] == r].mean() for r in range(4)]
+    assert max(means) < 2.0 * min(means)
+
+
+def test_clean_run_has_no_labels_background_on_every_counter_and_no_throttling() -> None:
+    sim, rb = _run(load_scenario("clean"), 10.0)
+    assert sim.labels == []
+    grew = dict.fromkeys(COUNTERS, False)
+    for node, port in rb.nic:
+        for name in COUNTERS:
+            _, values = rb.counter(node, port, name)
+            assert values.min() > 0, (node, port, name)  # accumulated since boot
+            grew[name] |= bool(values[-1] > values[0])
+    assert all(grew.values()), [k for k, v in grew.items() if not v]
+    for node in rb.gpu:
+        gpu = rb.gpu_table(node)
+        assert not np.any(gpu["throttle_reasons"] & ~0x1)  # only "idle" ever
+    # the lasting per-GPU spread shows as a few percent of compute, not as a straggler
+    tab = rb.collective_table("llama70b-a", "tp0")
+    means = np.array([tab["duration_sum_ns"][tab["rank"] == r].mean() for r in range(4)])
+    assert means.max() < 2.5 * means.min()
+
+
+def test_same_seed_gives_the_same_frames() -> None:
+    scenario = _early("retransmit-storm")
+    one = [f.record for f in Simulation(scenario, seed=3).frames(duration_s=1.5)]
+    two = [f.record for f in Simulation(scenario, seed=3).frames(duration_s=1.5)]
+    assert one == two
+
+
+def test_a_fault_does_not_change_the_client_arrivals() -> None:
+    def arrivals(scenario: Scenario) -> list[int]:
+        _, rb = _run(scenario, 3.0, seed=5)
+        out: list[int] = []
+        for dep in sorted(rb.requests):
+            req = rb.request_table(dep)
+            out += req["prompt_tokens"][req["kind"] == 0].tolist()
+        return out
+
+    base = load_scenario("clean")
+    faulty = _early("tp-straggler")
+    assert arrivals(base) == arrivals(dataclasses.replace(faulty, name="clean"))
+
+
+def test_every_frame_encodes_and_decodes_with_the_avro_codec() -> None:
+    codec = AvroCodec()
+    sim = Simulation(_early("moe-expert-imbalance"), seed=1)
+    frames = list(sim.frames(duration_s=2.0))
+    schemas = {f.schema for f in frames}
+    assert schemas == {
+        "EngineRequestFrame",
+        "EngineSampleFrame",
+        "CollectiveFrame",
+        "GpuSampleFrame",
+        "NicCounterFrame",
+        "DpuFrame",
+    }
+    for frame in frames:
+        decoded = codec.decode(codec.encode(frame.schema, frame.record))
+        assert decoded.name == frame.schema
+        assert decoded.record == frame.record
+    for rec in sim.topology:
+        codec.encode("TopologyRecord", rec)
+    for label in sim.labels:
+        codec.encode("FaultLabel", label)
+
+
+def test_frames_come_in_100ms_chunks_in_event_time_order() -> None:
+    sim = Simulation(load_scenario("clean"), seed=1)
+    frames = list(sim.frames(duration_s=1.0))
+    times = [f.event_time_ns for f in frames]
+    assert times == sorted(times)
+    # every frame says how far its source reports, in its own clock (within clock error)
+    assert all(abs(f.record["frame_end_ns"] - f.event_time_ns) < 50_000 for f in frames)
+    chunks = sorted(set(times))
+    assert len(chunks) == 10
+    assert np.all(np.diff(chunks) == 100_000_000)
+
+
+def test_counter_reset_restarts_the_count_and_wrap_bounds_values() -> None:
+    scenario = load_scenario("clean")
+    cluster = dataclasses.replace(
+        scenario.cluster, counter_resets=(("node01", "mlx5_2", 1.234),), counter_wrap_bits=32
+    )
+    sim, rb = _run(dataclasses.replace(scenario, cluster=cluster), 2.0)
+    ts, tx = rb.counter("node01", "mlx5_2", "tx_bytes_phy")
+    reset_at = sim.start_ns + 1_234_000_000
+    before, after = tx[ts < reset_at - 20_000_000], tx[ts > reset_at + 20_000_000]
+    assert after[0] < before[-1]  # restarted
+    assert after[-1] - after[0] > 0  # and counting again
+    for node, port in rb.nic:
+        _, values = rb.counter(node, port, "tx_bytes_phy")
+        assert values.max() < 2**32
+
+
+def test_one_percent_sample_loss_drops_about_one_percent_of_rows() -> None:
+    scenario = load_scenario("clean")
+    cluster = dataclasses.replace(scenario.cluster, sample_loss_ratio=0.01)
+    _, rb = _run(dataclasses.replace(scenario, cluster=cluster), 5.0)
+    rows = sum(rb.gpu_table(node)["ts_ns"].size for node in rb.gpu)
+    expected = 4 * 4 * 500  # nodes x GPUs x samples
+    assert 0.97 * expected < rows < 0.999 * expected
+
+
+def test_topology_names_entities_as_the_event_model_says() -> None:
+    sim = Simulation(load_scenario("clean"), seed=0)
+    recs = {(r["deployment"], r["rank"]): r for r in sim.topology}
+    assert len(recs) == 16
+    r5 = recs[("llama70b-a", 5)]
+    assert (r5["tp_rank"], r5["pp_stage"], r5["node"], r5["gpu_index"]) == (1, 1, "node01", 1)
+    assert r5["nic_port"] == "mlx5_1" and r5["switch_port"].startswith("leaf0:")
+    assert recs[("llama70b-b", 0)]["node"] == "node02"
+
+
+def test_drained_replica_gets_no_new_requests() -> None:
+    sim = Simulation(load_scenario("clean"), seed=2)
+    list(sim.frames(duration_s=1.0))
+    sim.control.drain_replica("llama70b-a")
+    rb = Readback().extend(sim.frames(duration_s=2.0))
+    arrived_a = rb.request_table("llama70b-a")
+    arrived_b = rb.request_table("llama70b-b")
+    late = sim.start_ns + 1_100_000_000
+    assert not np.any((arrived_a["kind"] == 0) & (arrived_a["ts_ns"] > late))
+    assert np.sum((arrived_b["kind"] == 0) & (arrived_b["ts_ns"] > late)) > 5
+
+
+def test_faults_module_cannot_reach_telemetry() -> None:
+    """Injectors change causes only: faults.py must not import emitters or build frames."""
+    tree = ast.parse(FAULTS_PY.read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+            imported |= {f"{node.module}.{a.name}" for a in node.names}
+    forbidden_modules = (
+        "telemetry",
+        "nic_counters",
+        "ingress",
+        "readback",
+        "publish",
+        "capture",
+        "schemas",
+        "labels",
+    )
+    bad = sorted(m for m in imported if any(part in m.split(".") for part in forbidden_modules))
+    assert not bad, f"faults.py imports {bad}"
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    touching = sorted(
+        n
+        for n in names
+        if any(
+            word in n.lower() for word in ("emit", "frame", "pack", "telemetry", "counter", "codec")
+        )
+    )
+    assert not touching, f"faults.py references {touching}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -130,16 +131,14 @@ def evaluate(
         episodes_per_condition=episodes_per_condition, seed=seed, duration_s=duration_s
     )
     started = time.perf_counter()
+    tty = sys.stdout.isatty()
     results: list[EpisodeResult] = []
     for i, result in enumerate(_stream(suite, without_sources, runbook_path, processes)):
         results.append(result)
-        if progress:
-            print(
-                f"\revaluate: {i + 1}/{len(suite)} episodes, {time.perf_counter() - started:.0f} s",
-                end="",
-                flush=True,
-            )
-    if progress:
+        if progress and (tty or (i + 1) % 20 == 0 or i + 1 == len(suite)):
+            line = f"evaluate: {i + 1}/{len(suite)} episodes, {time.perf_counter() - started:.0f} s"
+            print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
+    if progress and tty:
         print()
     headline = [r for r in results if r.reference or r.lookalike]
     out = score(

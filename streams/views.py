@@ -132,7 +132,25 @@ def _rank_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         add_peer_ratios(group, ["gpu.gpu_util_ratio"])
         for view in group:
             view.features["hang.suspect"] = _hang_suspect(view.features)
+            view.features["straggler.beyond_spread"] = _beyond_spread(view.features)
     return out
+
+
+STRAGGLER_CLOCK_DEFICIT = -0.05  # SM clock this far below the deployment's median
+STRAGGLER_THROTTLED_SHARE = 0.3
+STRAGGLER_WAIT_WITHOUT_GPU_EVIDENCE = 0.08
+
+
+def _beyond_spread(f: dict[str, float]) -> float:
+    """1 when a late rank is more than the fleet's lasting per-GPU spread: its GPU is slowed
+    (clock deficit or throttle reasons), or it makes its peers wait far longer than spread
+    does (host jitter leaves the GPU clocks normal)."""
+    slowed = (
+        f.get("gpu.sm_clock_ratio_peer_delta", 0.0) <= STRAGGLER_CLOCK_DEFICIT
+        or f.get("gpu.throttled_share", 0.0) >= STRAGGLER_THROTTLED_SHARE
+    )
+    large = f.get("nccl.caused_wait_ratio", 0.0) >= STRAGGLER_WAIT_WITHOUT_GPU_EVIDENCE
+    return 1.0 if slowed or large else 0.0
 
 
 def _hang_suspect(f: dict[str, float]) -> float:
@@ -292,7 +310,12 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
             )
     add_peer_ratios(
         out,
-        ["requests.prompt_tokens_mean", "requests.prefill_s", "requests.arrival_to_prefill_s"],
+        [
+            "requests.prompt_tokens_mean",
+            "requests.prefill_s",
+            "requests.arrival_to_prefill_s",
+            "requests.arrival_to_prefill_s_min",
+        ],
     )
     return out
 

@@ -65,6 +65,7 @@ class RequestExtractor(Extractor):
         "queue_delay_s": "mean",
         "queue_delay_s_max": "max",
         "arrival_to_prefill_s": "mean",
+        "arrival_to_prefill_s_min": "min",
         "prefill_s": "mean",
         "decode_tokens_per_s": "mean",
         "request_preemptions": "sum",
@@ -142,8 +143,9 @@ class RequestExtractor(Extractor):
             )
         elif kind == PREFILL_START and req.prefill_start_ns < 0:
             req.prefill_start_ns = ts
+            gap_s = (ts - req.arrived_ns) / 1e9
             self.store.add_one(
-                pane, deployment, {"arrival_to_prefill_s": (ts - req.arrived_ns) / 1e9}
+                pane, deployment, {"arrival_to_prefill_s": gap_s, "arrival_to_prefill_s_min": gap_s}
             )
         elif kind == FIRST_TOKEN and req.first_token_ns < 0:
             req.first_token_ns = ts

@@ -69,7 +69,7 @@ class _KindModel:
 
 @dataclass
 class AnomalyScorer:
-    threshold: float = 0.95
+    threshold: float = 0.9
     warmup_windows: int = 120
     persistence_k: int = 4
     persistence_n: int = 4

@@ -23,6 +23,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         clean_duration_s=args.clean_duration_s,
         runbook_path=args.runbook or "",
         processes=args.processes,
+        novel_episodes=args.novel_episodes,
     )
     write(result, Path(args.json))
     print(f"{'condition':<26}{'F1':>6}{'attr':>6}{'p50 s':>7}  class")
@@ -34,6 +35,11 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"clean {name}: {clean['false_verdicts']} false verdicts in "
             f"{clean['node_hours']:.3f} node-hours (utilization {clean['utilization']:.0%})"
         )
+    novel = result["novel"]
+    print(
+        f"novel fault (periodic NIC stalls): unattributed-anomaly in {novel['recall']} of "
+        f"{novel['episodes']} episodes; {novel['false_per_node_hour']} false per node-hour"
+    )
     print(f"wrote {args.json}")
     return 0
 
@@ -53,6 +59,7 @@ def add_evaluate_commands(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--clean-duration-s", type=float, default=120.0, help="per Azure clean run")
     parser.add_argument("--without-sources", default="", help="ablation, e.g. dpu,nic")
     parser.add_argument("--runbook", help="runbook TOML (default: the bundled one)")
+    parser.add_argument("--novel-episodes", type=int, default=3, help="novel-fault episodes")
     parser.add_argument(
         "--processes", type=int, default=0, help="worker processes (0: one per core)"
     )

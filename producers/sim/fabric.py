@@ -100,6 +100,10 @@ class Fabric:
         self.pre_fec_ber = BASE_BER * rng.uniform(0.3, 3.0, n)
         self.pause_duty = np.full(n, BASE_PAUSE_DUTY)
         self.credit_withhold = np.zeros(n)
+        # A port that stops transmitting for stall_ns out of every stall_period_ns (a NIC
+        # firmware hiccup): outside the runbook, the novel fault of DESIGN.md section 7.
+        self.stall_ns = np.zeros(n)
+        self.stall_period_ns = np.full(n, 1e9)
         self.repathed = np.zeros(n, dtype=bool)
         self.tick_ns = tick_ns
         self.ticks = ticks
@@ -160,12 +164,28 @@ class Fabric:
             (src, dst, nbytes, np.asarray(start_ns, dtype=np.int64), lost, timeouts)
         )
         return (
-            BASE_LATENCY_NS
+            self._stall_delay_ns(src, start_ns)
+            + self._stall_delay_ns(dst, start_ns)
+            + BASE_LATENCY_NS
             + 4_000.0 * u / (1.0 - u)
             + nbytes / bw * 1e9 * stretch
             + lost * RETRANSMIT_NS
             + timeouts * ACK_TIMEOUT_NS
         )
+
+    def _stall_delay_ns(self, ports: np.ndarray, start_ns: np.ndarray) -> np.ndarray:
+        """Time a transfer starting at start_ns waits for its port's stall to end."""
+        stall = self.stall_ns[ports]
+        if not stall.any():
+            return np.zeros(np.shape(ports))
+        phase = np.mod(np.asarray(start_ns, dtype=np.float64), self.stall_period_ns[ports])
+        return np.where(phase < stall, stall - phase, 0.0)
+
+    def _stalled_ticks(self) -> np.ndarray:
+        """[port, tick] True while the port is stalled."""
+        starts = self._chunk_start + self.tick_ns * np.arange(self.ticks, dtype=np.float64)
+        phase = np.mod(starts[None, :], self.stall_period_ns[:, None])
+        return phase < self.stall_ns[:, None]
 
     # -- per-tick truth ------------------------------------------------------------------
     def end_chunk(self) -> TickTraffic:
@@ -208,6 +228,10 @@ class Fabric:
         bg_lost = rng.poisson(bg_pkts * loss)
         tx_bytes = coll_tx + bg_bytes + bg_lost * MTU_BYTES * 4.0
         rx_bytes = coll_rx + bg_bytes * rng.uniform(0.95, 1.05, (n, ticks))
+        if self.stall_ns.any():
+            moving = ~self._stalled_ticks()
+            tx_bytes = tx_bytes * moving
+            rx_bytes = rx_bytes * moving
         tx_pkts = tx_bytes / MTU_BYTES
         rx_pkts = rx_bytes / MTU_BYTES
         util_tick = np.clip(np.maximum(tx_bytes, rx_bytes) / cap_tick, 0.0, 0.99)

@@ -236,6 +236,18 @@ KINDS: dict[str, FaultKind] = {
             summary="a degraded optic with pre-FEC bit error rate severity",
         ),
         FaultKind(
+            "nic-stall",
+            "novel:periodic-nic-stall",
+            "network-ew",
+            "port",
+            "stall_ms_per_s",
+            200.0,
+            100.0,
+            400.0,
+            summary="a NIC port stops transmitting severity ms out of every second (outside "
+            "the runbook: the novel fault an online model must flag)",
+        ),
+        FaultKind(
             "pfc-receiver",
             "pfc-pause-storm",
             "network-ew",
@@ -542,6 +554,10 @@ def _optic_ber(w: World, f: FaultSpec, sev: float) -> Undo:
     return _set(w.fabric.pre_fec_ber, w.layout.resolve_gpu(f.target), sev)
 
 
+def _nic_stall(w: World, f: FaultSpec, sev: float) -> Undo:
+    return _set(w.fabric.stall_ns, w.layout.resolve_gpu(f.target), sev * 1e6)
+
+
 def _pfc_receiver(w: World, f: FaultSpec, sev: float) -> Undo:
     return _set(w.fabric.pause_duty, w.layout.resolve_gpu(f.target), sev)
 
@@ -589,6 +605,7 @@ _INJECTORS: dict[str, Callable[[World, FaultSpec, float], Undo]] = {
     "bursty-clients": _bursty_clients,
     "fabric-load": _fabric_load,
     "optic-ber": _optic_ber,
+    "nic-stall": _nic_stall,
     "pfc-receiver": _pfc_receiver,
     "credit-withhold": _credit_withhold,
     "load-burst": _load_burst,

@@ -17,7 +17,9 @@ from streams.topology import Topology
 
 # Usable bandwidth per lane per direction by PCIe generation, bytes/s.
 PCIE_LANE_BYTES_PER_S = {1: 0.25e9, 2: 0.5e9, 3: 0.985e9, 4: 1.969e9, 5: 3.938e9, 6: 7.563e9}
-CONGESTION_EVENTS_PER_S = 1000.0
+# ECN marks + CNPs per port and second that count as congested; MoE all-to-all incast alone
+# reaches tens of thousands, a congested fabric hundreds of thousands.
+CONGESTION_EVENTS_PER_S = 75_000.0
 PCIE_STALLS_PER_S = 1000.0
 PEER_RATIO_FLOOR = {"s": 0.01, "bytes": 1024.0, "default": 1.0}
 
@@ -380,6 +382,9 @@ def _fabric_views(
             v.features["nic.congestion_events_per_s"] >= CONGESTION_EVENTS_PER_S for v in views
         ]
         view.features["fabric.congested_port_share"] = float(np.mean(congested))
+        view.features["fabric.congestion_events_per_s_median"] = float(
+            np.median([v.features["nic.congestion_events_per_s"] for v in views])
+        )
         view.features["fabric.ports"] = float(len(views))
         view.sources_present.add("nic")
         out.append(view)

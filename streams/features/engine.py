@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,9 @@ class EngineExtractor(Extractor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last: dict[str, tuple[int, np.ndarray]] = {}
+        # Tokens per expert summed per pane: skew judged on a window's totals, not per sample
+        # (a few hundred tokens per 10 ms sample are skewed by chance alone).
+        self._expert_sums: dict[int, dict[str, np.ndarray]] = {}
 
     def ingest(self, record: dict[str, Any], cols: dict[str, np.ndarray]) -> tuple[int, int]:
         ts = cols["ts_ns"]
@@ -55,6 +59,11 @@ class EngineExtractor(Extractor):
         n_experts = record.get("n_experts", 0)
         if n_experts:
             tokens = cols["expert_tokens"].reshape(n, n_experts).astype(np.float64)
+            panes = self.panes(ts)
+            for pane in np.unique(panes).tolist():
+                cell = self._expert_sums.setdefault(pane, {})
+                total = tokens[panes == pane].sum(axis=0)
+                cell[entity] = cell[entity] + total if entity in cell else total
             mean = tokens.mean(axis=1)
             with np.errstate(divide="ignore", invalid="ignore"):
                 skew = np.where(mean > 0, tokens.max(axis=1) / mean, np.nan)
@@ -82,6 +91,23 @@ class EngineExtractor(Extractor):
         ).astype(np.float64)
         self.store.add_rows(self.panes(ts), [entity] * n, values)
         return span(ts)
+
+    def window(self, panes: Iterable[int]) -> dict[str, dict[str, float]]:
+        out = super().window(panes)
+        totals: dict[str, np.ndarray] = {}
+        for pane in panes:
+            for entity, sums in self._expert_sums.get(pane, {}).items():
+                totals[entity] = totals[entity] + sums if entity in totals else sums.copy()
+        for entity, sums in totals.items():
+            mean = float(sums.mean())
+            if mean > 0 and entity in out:
+                out[entity]["expert_tokens_window_max_over_mean"] = float(sums.max()) / mean
+        return out
+
+    def evict_before(self, pane: int) -> None:
+        super().evict_before(pane)
+        for old in [p for p in self._expert_sums if p < pane]:
+            del self._expert_sums[old]
 
     def _rates(self, entity: str, ts: np.ndarray, cumulative: np.ndarray) -> np.ndarray:
         prev = self._last.get(entity)

@@ -26,6 +26,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         novel_episodes=args.novel_episodes,
     )
     write(result, Path(args.json))
+    if args.markdown:
+        from models.report_table import markdown
+
+        Path(args.markdown).write_text(markdown(result))
     print(f"{'condition':<26}{'F1':>6}{'attr':>6}{'p50 s':>7}  class")
     for cid, row in result["conditions"].items():
         f1, attr, p50 = row["f1"], row["attribution"], row["latency_p50_s"]
@@ -64,4 +68,5 @@ def add_evaluate_commands(sub: argparse._SubParsersAction) -> None:
         "--processes", type=int, default=0, help="worker processes (0: one per core)"
     )
     parser.add_argument("--json", required=True, help="where to write the metrics JSON")
+    parser.add_argument("--markdown", help="also write the table as Markdown")
     parser.set_defaults(func=_evaluate)

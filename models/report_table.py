@@ -1,0 +1,58 @@
+"""The evaluate JSON as a Markdown table (for docs/detection.md): values, Wilson intervals,
+targets, and which targets are met."""
+
+from __future__ import annotations
+
+from typing import Any
+
+LATENCY_TARGET_S = {"acute": 2.0, "load": 10.0, "config": 60.0}
+F1_TARGET = 0.95
+ATTRIBUTION_TARGET = 0.9
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "-" if not ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = [
+        "| condition | class | F1 | F1 95% CI | precision | recall | attribution | "
+        "latency p50 s | p95 s | episodes | targets met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cid, r in result["conditions"].items():
+        target = LATENCY_TARGET_S[r["class"]]
+        met = (
+            r["f1"] is not None
+            and r["f1"] >= F1_TARGET
+            and (r["attribution"] or 0) >= ATTRIBUTION_TARGET
+            and r["latency_p50_s"] is not None
+            and r["latency_p50_s"] <= target
+        )
+        rows.append(
+            f"| {cid} | {r['class']} | {_num(r['f1'])} | {_ci(r['f1_ci95'])} | "
+            f"{_num(r['precision'])} | {_num(r['recall'])} | {_num(r['attribution'])} | "
+            f"{_num(r['latency_p50_s'])} | {_num(r['latency_p95_s'])} | {r['episodes']} | "
+            f"{'yes' if met else 'no'} |"
+        )
+    lines = ["\n".join(rows), ""]
+    for name, clean in result.get("clean", {}).items():
+        lines.append(
+            f"- clean `{name}`: {clean['false_verdicts']} false verdict episodes in "
+            f"{clean['node_hours']:.3f} node-hours ({clean['false_per_node_hour']} per node-hour), "
+            f"utilization {clean['utilization']:.0%}; by condition {clean['by_condition']}"
+        )
+    novel = result.get("novel")
+    if novel:
+        lines.append(
+            f"- novel fault (periodic 200 ms NIC stalls): `unattributed-anomaly` in "
+            f"{_num(novel['recall'])} of {novel['episodes']} episodes "
+            f"(95% CI {_ci(novel['recall_ci95'])}), misread as a runbook condition in "
+            f"{novel['misread_as_runbook']}; {novel['false_per_node_hour']} false anomalies "
+            "per node-hour on the clean traces"
+        )
+    return "\n".join(lines) + "\n"

@@ -23,6 +23,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sinks.cli", "add_sink_commands"),
     ("models.cli", "add_evaluate_commands"),
     ("streams.replay.cli", "add_backtest_commands"),
+    ("skewscope.demo.cli", "add_demo_commands"),
 )
 
 

@@ -4,6 +4,13 @@ Faust provides the runtime (consumer group, partitions, agents, web views). Wind
 watermarks are skewscope's event-time operators inside :class:`~models.detector.Detector`;
 Faust's own windows expire by wall clock and its joins are not implemented, so neither is used.
 Agents are thin: decode, hand frames to the shard of their partition, publish what comes out.
+
+State survives restarts (docs/streams.md, "Checkpointing and recovery"): every
+``checkpoint_interval_windows`` closed windows a shard's checkpoint (state + the offsets of the
+next input messages) goes to the ``checkpoints`` table, keyed by partition and backed by a
+compacted changelog topic. After each rebalance the shards of the assigned partitions are
+restored from the table and the telemetry consumer is sent back to the checkpointed offsets;
+:class:`~streams.recovery.ShardRecovery` decides message by message what to apply.
 """
 
 from __future__ import annotations
@@ -14,11 +21,15 @@ import time
 from typing import Any
 
 import faust
+from faust.types import TP
 
+from infra.topics import TopicSpec, ensure_topics
 from models.detector import DetectorConfig, Output
 from schemas.errors import CodecError
 from skewscope.config import Settings
 from skewscope.kafka.producer import EventProducer
+from streams.health_page import register_health_page
+from streams.recovery import Admit, ShardRecovery
 from streams.shards import ShardPool
 from streams.topology_feed import TopologyFeed
 
@@ -32,8 +43,16 @@ def build_app(
     detector_config: DetectorConfig | None = None,
     batch_size: int = 2000,
     batch_within_s: float = 0.1,
+    checkpoint_interval_windows: int = 4,
+    session_timeout_s: float = 10.0,
 ) -> tuple[faust.App, ShardPool]:
-    """Build the worker app; returns it with the shard pool (for the web views and tests)."""
+    """Build the worker app; returns it with the shard pool (for the web views and tests).
+
+    ``checkpoint_interval_windows``: closed windows between two checkpoints of a shard (4:
+    1 s of event time with the default 250 ms hop); at most this many windows' outputs are
+    re-emitted after a crash. ``session_timeout_s``: how long the group waits for a worker
+    that died without leaving before its partitions go to the others (or to its restart).
+    """
     datadir = settings.var_dir / "faust" / app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -48,26 +67,114 @@ def build_app(
         datadir=str(datadir),
         producer_compression_type="lz4",
         topic_allow_declare=False,
+        broker_session_timeout=session_timeout_s,
     )
     topics = settings.topics
     pool = ShardPool(config=detector_config or DetectorConfig())
     telemetry = app.topic(*topics.telemetry(), key_type=bytes, value_type=bytes)
     verdicts = app.topic(topics.verdicts, key_type=bytes, value_type=bytes)
     features = app.topic(topics.features, key_type=bytes, value_type=bytes)
+    recovery = ShardRecovery(pool, interval_windows=checkpoint_interval_windows)
+    checkpoints = app.Table(
+        "checkpoints",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.telemetry_partitions,
+    )
+    # topic_allow_declare is off (telemetry topics are infra's), so the changelog is made here.
+    ensure_topics(
+        settings,
+        log=lambda *_: None,
+        specs=[
+            TopicSpec(
+                checkpoints.changelog_topic.get_topic_name(),
+                settings.telemetry_partitions,
+                {"cleanup.policy": "compact"},
+            )
+        ],
+    )
+    telemetry_topics = set(topics.telemetry())
+    held: dict[str, Any] = {"partitions": set(), "generation": None}
     dlq = EventProducer(settings)
     feed = TopologyFeed(settings, pool)
     loaded = feed.catch_up()
     log.info("topology: %d records loaded before detection starts", loaded)
     app.skewscope_pool = pool  # type: ignore[attr-defined]
+    app.skewscope_recovery = recovery  # type: ignore[attr-defined]
     app.skewscope_stats = {"verdicts": 0, "dead_letters": 0, "frames": 0}  # type: ignore[attr-defined]
 
-    async def publish(outputs: list[Output]) -> None:
+    async def publish(outputs: list[Output], wait: bool = False) -> None:
+        """Send outputs; with ``wait``, return only once the broker has them all."""
+        sent = []
         for out in outputs:
             value = pool.codec.encode(out.schema, out.record)
             target = verdicts if out.schema == "Verdict" else features
-            await target.send(key=out.key.encode(), value=value)
+            sent.append(await target.send(key=out.key.encode(), value=value))
             if out.schema == "Verdict":
                 app.skewscope_stats["verdicts"] += 1  # type: ignore[attr-defined]
+        if wait and sent:
+            await asyncio.gather(*sent)
+
+    async def save_checkpoint(partition: int) -> None:
+        # Written only after the outputs it covers are on the broker: a crash in between
+        # re-emits them (identically) instead of losing them.
+        key, blob = str(partition).encode(), recovery.checkpoint(partition)
+        checkpoints.data[key] = blob
+        sent = await checkpoints.changelog_topic.send(
+            key=key,
+            value=blob,
+            partition=partition,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        await sent
+
+    async def seek_back(topic: str, partition: int, offset: int) -> None:
+        tp = TP(topic, partition)
+        earliest = (await app.consumer.earliest_offsets(tp)).get(tp, 0)
+        if earliest > offset:
+            recovery.lost(topic, partition, earliest)
+            offset = earliest
+        log.info("%s[%d]: seeking back to offset %d (checkpointed position)", *tp, offset)
+        await app.consumer.seek(tp, offset)
+
+    @checkpoints.on_recover
+    async def restore_shards() -> None:
+        """After each rebalance: shards of newly assigned partitions from their checkpoints."""
+        generation = app.consumer_generation_id
+        assigned = {
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic in telemetry_topics
+        }
+        continuous = held["generation"] is not None and generation == held["generation"] + 1
+        for partition in set(pool.shards) - assigned:
+            recovery.forget(partition)
+        for partition in sorted(assigned):
+            if continuous and partition in held["partitions"] and partition in pool.shards:
+                continue  # held through the rebalance: memory is newer than the table
+            blob = checkpoints.data.get(str(partition).encode())
+            log.info("%s", recovery.restore(partition, blob))
+        held.update(partitions=assigned, generation=generation)
+        _seek_to_checkpoints_after_faust_seeks(app.consumer)
+
+    def _seek_to_checkpoints_after_faust_seeks(consumer: Any) -> None:
+        """Faust seeks every partition to its committed offset right after this callback and
+        before the flow resumes; the checkpointed offsets must win, and seeking while messages
+        flow races with Faust's read-offset filter (refetched messages get dropped). So
+        Faust's seek is followed, once per rebalance, by ours, still before the flow resumes."""
+        if getattr(consumer, "_skewscope_seek_wrapped", False):
+            return
+        faust_seek = consumer.perform_seek
+
+        async def perform_seek() -> None:
+            await faust_seek()
+            for partition in sorted(held["partitions"]):
+                for topic in sorted(telemetry_topics):
+                    offset = recovery.expected(topic, partition)
+                    if offset is not None:
+                        await seek_back(topic, partition, offset)
+
+        consumer.perform_seek = perform_seek
+        consumer._skewscope_seek_wrapped = True
 
     @app.agent(telemetry)
     async def detect(stream: Any) -> None:
@@ -75,11 +182,22 @@ def build_app(
             outputs: list[Output] = []
             for event in events:
                 message = event.message
+                topic, partition, offset = message.topic, message.partition, message.offset
+                decision, seek_to = recovery.admit(topic, partition, offset)
+                if decision is Admit.SEEK:
+                    await seek_back(topic, partition, seek_to)
+                if decision is not Admit.PROCESS:
+                    continue
                 try:
-                    outputs += pool.process_bytes(message.partition, message.value)
+                    outputs += pool.process_bytes(partition, message.value)
                 except CodecError as exc:
                     _dead_letter(dlq, settings, message, exc)
                     app.skewscope_stats["dead_letters"] += 1  # type: ignore[attr-defined]
+                recovery.applied(topic, partition, offset)
+                if recovery.due(partition):
+                    await publish(outputs, wait=True)
+                    outputs = []
+                    await save_checkpoint(partition)
             app.skewscope_stats["frames"] += len(events)  # type: ignore[attr-defined]
             await publish(outputs)
 
@@ -100,8 +218,18 @@ def build_app(
             }
             for p, d in pool.shards.items()
         }
+        progress = {
+            "checkpoints": recovery.checkpoints,
+            "seeks": recovery.seeks,
+            "skipped": recovery.skipped,
+        }
         return web.json(
-            {"stats": app.skewscope_stats, "shards": shards, "now_ns": time.time_ns()}  # type: ignore[attr-defined]
+            {
+                "stats": app.skewscope_stats,  # type: ignore[attr-defined]
+                "recovery": progress,
+                "shards": shards,
+                "now_ns": time.time_ns(),
+            }
         )
 
     @app.on_before_shutdown.connect
@@ -109,6 +237,8 @@ def build_app(
         feed.stop()
         dlq.flush(10)
 
+    # Before the worker starts, so the page wins the '/' route over Faust's own index.
+    register_health_page(app, pool, settings)
     return app, pool
 
 

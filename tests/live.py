@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -59,14 +60,13 @@ def worker(settings: Settings, web_port: int, app_id: str = "") -> Iterator[subp
         str(web_port),
         "--quiet",
     ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env_for(settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    # Output goes to a file, not a pipe nobody drains: a chatty worker (reconnecting after a
+    # broker restart) would otherwise fill the pipe and block.
+    with tempfile.NamedTemporaryFile("w+", prefix="worker-", suffix=".log", delete=False) as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env_for(settings), stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+    proc.log_path = log.name  # type: ignore[attr-defined]
     try:
         yield proc
     finally:
@@ -97,7 +97,8 @@ def consume_until(
             if done(events):  # type: ignore[operator]
                 break
             if proc is not None and proc.poll() is not None:
-                output = proc.stdout.read() if proc.stdout else ""
+                log_path = getattr(proc, "log_path", "")
+                output = Path(log_path).read_text() if log_path else ""
                 raise AssertionError(f"process exited with {proc.returncode}:\n{output[-4000:]}")
     finally:
         consumer.close()

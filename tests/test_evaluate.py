@@ -53,5 +53,5 @@ def test_markdown_table_states_targets() -> None:
         "false_per_node_hour": 0.0,
     }
     table = markdown(result)
-    assert table.count("\n| ") == len(runbook.conditions) + 1
+    assert table.count("\n| ") == len(runbook.conditions)  # data rows after the header
     assert "targets met" in table and "0.80 of 10 episodes" in table

@@ -1,0 +1,147 @@
+"""Detector checkpoints: restore anywhere in a stream and the outputs are the uninterrupted ones."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import struct
+from typing import Any
+
+import pytest
+
+from models.detector import Detector, DetectorConfig, Output
+from streams.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    checkpoint_detector,
+    read_checkpoint,
+)
+from streams.hopping import HoppingSpec
+from streams.topology import Topology
+from tests.synthetic import collective_frames, topology
+
+Frames = list[tuple[str, dict[str, Any]]]
+Emitted = list[tuple[str, str, dict[str, Any]]]
+
+
+def _emitted(outputs: list[Output]) -> Emitted:
+    # Copied at emission, as the live worker encodes them at once: fusion keeps (and later
+    # updates) the dict of the verdict it last emitted.
+    return [(o.schema, o.key, copy.deepcopy(o.record)) for o in outputs]
+
+
+def _fresh(topo: list[dict[str, Any]]) -> Detector:
+    det = Detector(topology=Topology.from_records(topo))
+    return det
+
+
+def _uninterrupted(frames: Frames, topo: list[dict[str, Any]]) -> Emitted:
+    det = _fresh(topo)
+    out: Emitted = []
+    for schema, record in frames:
+        out += _emitted(det.process(schema, record))
+    return out + _emitted(det.flush())
+
+
+def _with_restarts(frames: Frames, topo: list[dict[str, Any]], cuts: list[int]) -> Emitted:
+    """Run, checkpointing and restoring into a brand-new detector at every cut."""
+    det = _fresh(topo)
+    out: Emitted = []
+    position = 0
+    for cut in [*cuts, len(frames)]:
+        for schema, record in frames[position:cut]:
+            out += _emitted(det.process(schema, record))
+        position = cut
+        if cut < len(frames):
+            blob = checkpoint_detector(det, {("telemetry.nccl.collectives", 0): cut})
+            det = read_checkpoint(blob).restore(topology=Topology.from_records(topo))
+    return out + _emitted(det.flush())
+
+
+def _straggler_then_hang() -> Frames:
+    straggler = collective_frames(
+        {5: 1.2}, seconds=8, clock_offset_ns={"node0": 50_000_000, "node1": -30_000_000}
+    )
+    return straggler + collective_frames(
+        {}, seconds=6, hung_rank=3, hang_after_s=3.0, deployment="dep1", seed=1
+    )
+
+
+def test_restore_at_several_points_gives_identical_outputs_on_collectives() -> None:
+    frames = sorted(_straggler_then_hang(), key=lambda f: f[1]["frame_seq"])
+    topo = topology() + topology("dep1")
+    expected = _uninterrupted(frames, topo)
+    assert any(r["condition"] == "tp-straggler" for _, _, r in expected)
+    n = len(frames)
+    for cuts in ([n // 5], [n // 3, n // 2], [7, n // 4, n // 2, 3 * n // 4, n - 3]):
+        assert _with_restarts(frames, topo, cuts) == expected, f"cuts {cuts}"
+
+
+def test_restore_gives_identical_outputs_on_every_telemetry_source() -> None:
+    simulation = pytest.importorskip("producers.sim.simulation")
+    scenario = pytest.importorskip("producers.sim.scenario")
+    sim = simulation.Simulation(scenario.load_scenario("tp-straggler"), seed=3)
+    frames = [(f.schema, f.record) for f in sim.frames(duration_s=10.0)]
+    assert {s for s, _ in frames} >= {"CollectiveFrame", "GpuSampleFrame", "NicCounterFrame"}
+    expected = _uninterrupted(frames, sim.topology)
+    assert any(r["condition"] != "heartbeat" for _, _, r in expected)
+    n = len(frames)
+    assert _with_restarts(frames, sim.topology, [n // 3, 2 * n // 3]) == expected
+
+
+def test_checkpoint_header_carries_offsets_and_progress() -> None:
+    det = _fresh(topology())
+    for schema, record in collective_frames({}, seconds=3):
+        det.process(schema, record)
+    offsets = {("telemetry.nccl.collectives", 1): 31, ("telemetry.gpu", 1): 7}
+    cp = read_checkpoint(checkpoint_detector(det, offsets))
+    assert cp.offsets == offsets
+    assert cp.watermark_ns == det.watermark_ns > 0
+    assert cp.windows_closed == det.stats.windows_closed > 0
+
+
+def test_restored_detector_shares_the_pool_topology_not_a_copy() -> None:
+    det = _fresh(topology())
+    for schema, record in collective_frames({}, seconds=2):
+        det.process(schema, record)
+    shared = Topology.from_records(topology())
+    restored = read_checkpoint(checkpoint_detector(det, {})).restore(topology=shared)
+    assert restored.topology is shared
+    assert restored.collectives.topology is shared
+    assert restored.collectives.aligner is restored.aligner
+
+
+def test_checkpoint_of_another_window_geometry_is_refused() -> None:
+    det = _fresh(topology())
+    blob = checkpoint_detector(det, {})
+    other = DetectorConfig(window=HoppingSpec(size_ns=2_000_000_000, hop_ns=500_000_000))
+    with pytest.raises(CheckpointError, match="windows of 1000000000 ns"):
+        read_checkpoint(blob).restore(config=other)
+
+
+def test_damaged_or_foreign_bytes_are_refused_with_a_reason() -> None:
+    blob = checkpoint_detector(_fresh(topology()), {})
+    with pytest.raises(CheckpointError, match="not a skewscope checkpoint"):
+        read_checkpoint(b"garbage")
+    damaged = blob[:-10] + bytes(10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        read_checkpoint(damaged)
+    newer = blob[:4] + struct.pack("<H", FORMAT_VERSION + 1) + blob[6:]
+    with pytest.raises(CheckpointError, match="format version"):
+        read_checkpoint(newer)
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple[Any, ...]:
+        import os
+
+        return (os.getpid, ())
+
+
+def test_checkpoint_body_cannot_run_arbitrary_code() -> None:
+    blob = checkpoint_detector(_fresh(topology()), {})
+    cp = read_checkpoint(blob)
+    body = pickle.dumps({"window": (1, 1), "x": _RunsCode()})
+    evil = type(cp)(offsets={}, watermark_ns=0, windows_closed=0, body=body)
+    with pytest.raises(CheckpointError, match=r"(posix|os)\.getpid"):
+        evil.restore()

@@ -301,6 +301,10 @@ class Detector:
             "suppressed_by": None,
         }
 
+    def deployments_seen(self) -> list[str]:
+        """Deployments whose telemetry this shard has received."""
+        return sorted({str(stream[0]) for stream in self.watermarks._latest_ns})  # type: ignore[index]
+
     @property
     def watermark_ns(self) -> int:
         return self.watermarks.watermark_ns

@@ -22,10 +22,12 @@ from typing import Any
 
 import faust
 from faust.types import TP
+from prometheus_client import generate_latest
 
 from infra.topics import TopicSpec, ensure_topics
 from models.detector import DetectorConfig, Output
 from schemas.errors import CodecError
+from sinks.metrics import METRICS, REGISTRY
 from skewscope.config import Settings
 from skewscope.kafka.producer import EventProducer
 from streams.health_page import register_health_page
@@ -112,6 +114,8 @@ def build_app(
             sent.append(await target.send(key=out.key.encode(), value=value))
             if out.schema == "Verdict":
                 app.skewscope_stats["verdicts"] += 1  # type: ignore[attr-defined]
+                if out.record["condition"] != "heartbeat":
+                    METRICS.verdicts.labels(out.record["condition"], out.record["state"]).inc()
         if wait and sent:
             await asyncio.gather(*sent)
 
@@ -188,11 +192,15 @@ def build_app(
                     await seek_back(topic, partition, seek_to)
                 if decision is not Admit.PROCESS:
                     continue
+                late_before = pool.shard(partition).stats.late_frames
                 try:
                     outputs += pool.process_bytes(partition, message.value)
                 except CodecError as exc:
                     _dead_letter(dlq, settings, message, exc)
                     app.skewscope_stats["dead_letters"] += 1  # type: ignore[attr-defined]
+                    METRICS.dead_letters.labels("worker").inc()
+                if pool.shard(partition).stats.late_frames > late_before:
+                    METRICS.late_events.labels(topic).inc()
                 recovery.applied(topic, partition, offset)
                 if recovery.due(partition):
                     await publish(outputs, wait=True)
@@ -200,6 +208,28 @@ def build_app(
                     await save_checkpoint(partition)
             app.skewscope_stats["frames"] += len(events)  # type: ignore[attr-defined]
             await publish(outputs)
+
+    @app.timer(interval=1.0)
+    async def pipeline_metrics() -> None:
+        """Watermark delay per deployment and consumer lag per partition, for Prometheus."""
+        now_ns = time.time_ns()
+        for det in pool.shards.values():
+            if det.watermark_ns > 0:
+                delay_s = (now_ns - det.watermark_ns) / 1e9
+                for deployment in det.deployments_seen():
+                    METRICS.watermark_delay.labels(deployment).set(delay_s)
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            position = consumer._read_offset.get(tp)  # type: ignore[attr-defined]
+            if highwater is not None and position is not None:
+                lag = max(0, highwater - position - 1)
+                METRICS.consumer_lag.labels(app_id, tp.topic, str(tp.partition)).set(lag)
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        # aiohttp refuses a charset inside content_type; the exposition format is plain text.
+        return web.bytes(generate_latest(REGISTRY), content_type="text/plain")
 
     @app.task
     async def follow_topology() -> None:

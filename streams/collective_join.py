@@ -94,6 +94,8 @@ class CollectiveExtractor(Extractor):
         self.rank_node: dict[str, str] = {}
         self.evicted_steps = 0
         self._detail_pending: dict[tuple[str, str, int, int], dict[str, int]] = {}
+        self._feature_index = {name: i for i, name in enumerate(self.FEATURES)}
+        self._pending_rows: list[tuple[int, str, list[float]]] = []
 
     # -- input ------------------------------------------------------------------------
     def ingest(self, record: dict[str, Any], cols: dict[str, np.ndarray]) -> tuple[int, int]:
@@ -177,7 +179,7 @@ class CollectiveExtractor(Extractor):
                         continue
                     entity = f"{deployment}/rank{global_rank}"
                     values = {"missing_steps": 1.0, "blocked_s": age_ns / 1e9}
-                    self.store.add_one(pane_now, entity, values)
+                    self._buffer(pane_now, entity, values)
                     suspects.append(entity)
                 if age_ns > self.stale_step_ns:
                     done.append(key)
@@ -186,11 +188,12 @@ class CollectiveExtractor(Extractor):
                     global_rank = self.global_rank(key[0], key[1], rank, entry.group_size)
                     if rank not in entry.ranks and global_rank is not None:
                         entity = f"{key[0]}/rank{global_rank}"
-                        self.store.add_one(pane_now, entity, {"missing_steps": 1.0})
+                        self._buffer(pane_now, entity, {"missing_steps": 1.0})
                 self._close(key, entry)
                 done.append(key)
         for key in done:
             del self.open[key]
+        self._flush_rows()
         return suspects
 
     def _flush_detail(self, watermark_ns: int) -> None:
@@ -211,15 +214,14 @@ class CollectiveExtractor(Extractor):
         if group.startswith("pp"):
             self._close_pipeline(key, entry)
             return
+        # Plain Python on a handful of ranks: numpy's per-call overhead dominated here.
         arrivals = [entry.ranks[r] for r in present]
-        durations = np.array([a.duration_ns for a in arrivals], dtype=np.float64)
-        starts = np.array(
-            [a.start_ns - self.aligner.offset_ns(a.clock) for a in arrivals], dtype=np.float64
-        )
-        median_duration = float(np.median(durations))
-        shortest = int(np.argmin(durations))
-        latest_start = int(np.argmax(starts))
-        median_start = float(np.median(starts))
+        durations = [float(a.duration_ns) for a in arrivals]
+        starts = [a.start_ns - self.aligner.offset_ns(a.clock) for a in arrivals]
+        median_duration = _median(durations)
+        shortest = durations.index(min(durations))
+        latest_start = starts.index(max(starts))
+        median_start = _median(starts)
         for i, rank in enumerate(present):
             global_rank = self.global_rank(deployment, group, rank, entry.group_size)
             if global_rank is None:
@@ -237,7 +239,7 @@ class CollectiveExtractor(Extractor):
                 values["caused_wait_ratio"] = (median_duration - durations[i]) / period
                 values["wait_ratio"] = (durations[i] - durations[shortest]) / period
             pane = arrivals[i].start_ns // self.spec.hop_ns
-            self.store.add_one(pane, f"{deployment}/rank{global_rank}", values)
+            self._buffer(pane, f"{deployment}/rank{global_rank}", values)
 
     def _close_pipeline(self, key: tuple[str, str, int], entry: _OpenStep) -> None:
         """Send/recv between stages: the receivers' blocking time is the time the sending
@@ -251,11 +253,25 @@ class CollectiveExtractor(Extractor):
         receivers = [a for r, a in entry.ranks.items() if r >= half]
         if not receivers:
             return
-        wait_ns = float(np.median([a.duration_ns for a in receivers]))
+        wait_ns = _median([float(a.duration_ns) for a in receivers])
         pane = min(a.start_ns for a in receivers) // self.spec.hop_ns
-        self.store.add_one(
-            pane, f"{deployment}#stage{sender_stage}", {"downstream_wait_ns": wait_ns}
-        )
+        self._buffer(pane, f"{deployment}#stage{sender_stage}", {"downstream_wait_ns": wait_ns})
+
+    def _buffer(self, pane: int, entity: str, values: dict[str, float]) -> None:
+        row = [float("nan")] * len(self._feature_index)
+        for name, value in values.items():
+            row[self._feature_index[name]] = value
+        self._pending_rows.append((pane, entity, row))
+
+    def _flush_rows(self) -> None:
+        """Hand the rows of every step closed by one call to the pane store in one batch."""
+        if not self._pending_rows:
+            return
+        panes = np.array([r[0] for r in self._pending_rows], dtype=np.int64)
+        entities = [r[1] for r in self._pending_rows]
+        matrix = np.array([r[2] for r in self._pending_rows], dtype=np.float64)
+        self._pending_rows = []
+        self.store.add_rows(panes, entities, matrix)
 
     def global_rank(self, deployment: str, group: str, rank: int, group_size: int) -> int | None:
         """Deployment rank of communicator rank ``rank`` of ``group``.
@@ -291,3 +307,9 @@ class CollectiveExtractor(Extractor):
         for key in oldest[: len(self.open) - self.max_open_steps]:
             del self.open[key]
             self.evicted_steps += 1
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

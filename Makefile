@@ -38,7 +38,7 @@ down:
 	-$(BIN)/skewscope infra down
 
 bench: $(STAMP) services
-	$(BIN)/skewscope bench --json out/bench.json
+	$(BIN)/skewscope bench --json bench/results/bench.json
 
 clean: down
 	rm -rf $(VENV) var out .mypy_cache .ruff_cache .pytest_cache

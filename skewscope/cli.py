@@ -24,6 +24,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("models.cli", "add_evaluate_commands"),
     ("streams.replay.cli", "add_backtest_commands"),
     ("skewscope.demo.cli", "add_demo_commands"),
+    ("bench.cli", "add_bench_commands"),
 )
 
 

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 TopicPartition = tuple[str, int]
 
 
+MAX_RESUME_SEEKS = 20
+
+
 class Admit(Enum):
     PROCESS = "process"
     SKIP = "skip"
@@ -52,6 +55,10 @@ class ShardRecovery:
     interval_windows: int = 4
     _expected: dict[TopicPartition, int] = field(default_factory=dict)
     _seeking: dict[TopicPartition, int] = field(default_factory=dict)
+    # topic-partitions restored from a checkpoint whose first message has not come yet, with
+    # the seeks spent on it
+    _resuming: dict[TopicPartition, int] = field(default_factory=dict)
+    gaps: int = 0
     _last_checkpoint_windows: dict[int, int] = field(default_factory=dict)
     skipped: int = 0
     seeks: int = 0
@@ -75,6 +82,7 @@ class ShardRecovery:
         for tp, offset in cp.offsets.items():
             if tp[1] == partition:
                 self._expected[tp] = offset
+                self._resuming[tp] = 0
         self._last_checkpoint_windows[partition] = cp.windows_closed
         return (
             f"partition {partition}: restored at watermark {cp.watermark_ns} after "
@@ -89,6 +97,8 @@ class ShardRecovery:
             del self._expected[tp]
         for tp in [tp for tp in self._seeking if tp[1] == partition]:
             del self._seeking[tp]
+        for tp in [tp for tp in self._resuming if tp[1] == partition]:
+            del self._resuming[tp]
         self._last_checkpoint_windows.pop(partition, None)
 
     # -- per message --------------------------------------------------------------------
@@ -98,13 +108,23 @@ class ShardRecovery:
         expected = self._expected.get(tp)
         if expected is None or offset == expected:
             self._seeking.pop(tp, None)
+            self._resuming.pop(tp, None)
             return Admit.PROCESS, offset
         if offset < expected:
             self.skipped += 1
             return Admit.SKIP, offset
-        # Past the expected offset, also while a seek is pending: a message fetched before the
+        attempts = self._resuming.get(tp)
+        if attempts is None or attempts >= MAX_RESUME_SEEKS:
+            # Outside a resume, a higher offset is a gap in the log (offsets need not be
+            # contiguous): take it. Seeking back here would never find the missing offset
+            # and would stall the partition.
+            self._resuming.pop(tp, None)
+            self.gaps += 1
+            return Admit.PROCESS, offset
+        # Resuming from a checkpoint, past the expected offset: a message fetched before the
         # seek can move Faust's read offset past the one we want, so the seek is repeated
-        # until the expected message arrives.
+        # (a bounded number of times) until the expected message arrives.
+        self._resuming[tp] = attempts + 1
         self._seeking[tp] = expected
         self.seeks += 1
         self.skipped += 1

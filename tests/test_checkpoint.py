@@ -145,3 +145,30 @@ def test_checkpoint_body_cannot_run_arbitrary_code() -> None:
     evil = type(cp)(offsets={}, watermark_ns=0, windows_closed=0, body=body)
     with pytest.raises(CheckpointError, match=r"(posix|os)\.getpid"):
         evil.restore()
+
+
+def test_a_gap_in_the_log_is_taken_not_chased() -> None:
+    """Offsets need not be contiguous: outside a resume, a higher offset is processed (a
+    seek back would never find the missing one and would stall the partition)."""
+    from streams.recovery import Admit, ShardRecovery
+    from streams.shards import ShardPool
+
+    recovery = ShardRecovery(ShardPool())
+    recovery.applied("t", 0, 10)
+    assert recovery.admit("t", 0, 11) == (Admit.PROCESS, 11)
+    recovery.applied("t", 0, 11)
+    assert recovery.admit("t", 0, 15) == (Admit.PROCESS, 15)
+    assert recovery.gaps == 1
+    assert recovery.admit("t", 0, 3)[0] is Admit.SKIP
+
+
+def test_a_resume_seeks_back_a_bounded_number_of_times() -> None:
+    from streams.recovery import MAX_RESUME_SEEKS, Admit, ShardRecovery
+    from streams.shards import ShardPool
+
+    recovery = ShardRecovery(ShardPool())
+    recovery._expected[("t", 0)] = 100
+    recovery._resuming[("t", 0)] = 0
+    decisions = [recovery.admit("t", 0, 120)[0] for _ in range(MAX_RESUME_SEEKS + 1)]
+    assert decisions[:MAX_RESUME_SEEKS] == [Admit.SEEK] * MAX_RESUME_SEEKS
+    assert decisions[-1] is Admit.PROCESS

@@ -1,0 +1,1 @@
+"""Benchmarks of skewscope: throughput, live latency, memory (see BENCHMARKS.md)."""

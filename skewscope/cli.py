@@ -25,6 +25,7 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("streams.replay.cli", "add_backtest_commands"),
     ("skewscope.demo.cli", "add_demo_commands"),
     ("bench.cli", "add_bench_commands"),
+    ("sinks.controller.cli", "add_closed_loop_commands"),
 )
 
 

@@ -21,7 +21,7 @@ PCIE_LANE_BYTES_PER_S = {1: 0.25e9, 2: 0.5e9, 3: 0.985e9, 4: 1.969e9, 5: 3.938e9
 # reaches tens of thousands, a congested fabric hundreds of thousands.
 CONGESTION_EVENTS_PER_S = 75_000.0
 PCIE_STALLS_PER_S = 1000.0
-PEER_RATIO_FLOOR = {"s": 0.01, "bytes": 1024.0, "default": 1.0}
+PEER_RATIO_FLOOR = {"events_per_s": 10.0, "s": 0.01, "bytes": 1024.0, "default": 1.0}
 
 
 @dataclass
@@ -33,6 +33,8 @@ class EntityView:
     sources_present: set[str] = field(default_factory=set)
     sources_silent: set[str] = field(default_factory=set)
     node: str = ""
+    # Population this entity is compared with by the online models (e.g. the NIC's plane).
+    model_class: str = ""
     # Other ids this view's verdict may be reported under (runbook `report_as`).
     aliases: dict[str, str] = field(default_factory=dict)
 
@@ -56,6 +58,10 @@ class WindowInputs:
 
 
 def _floor(feature: str) -> float:
+    if feature.endswith("_per_s"):
+        # Event rates: a handful of background events per second must not become a ratio of
+        # hundreds against a median of zero.
+        return PEER_RATIO_FLOOR["events_per_s"]
     if feature.endswith("_s"):
         return PEER_RATIO_FLOOR["s"]
     if "bytes" in feature:
@@ -330,6 +336,7 @@ def _port_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         node = port.split("/", 1)[0]
         deployment = places[0].deployment if places else ""
         view = EntityView(port, "nic_port", deployment, node=node)
+        view.model_class = f"nic_port:{inputs.port_plane.get(port, 'east_west')}"
         if places:
             view.aliases["path"] = places[0].path_entity
         view.sources_present.add("nic")

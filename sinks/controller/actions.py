@@ -1,0 +1,172 @@
+"""What the controller can do to a cluster, and the actuator that does it to the simulator.
+
+An :class:`Action` is a kind and a target (a replica, a node, a NIC port, or the router). Its
+cost is the serving capacity it removes, in replica units (:func:`capacity_units`): a drained
+replica is 1, a replica whose router weight is halved is 0.5, one whose maximum batch is halved
+is 0.5. Fixes that remove no capacity (backfill, re-path, offload throttle, router rebalance)
+cost 0.
+
+Reversible actions (drain, deprioritize, reduce batch) are undone once their cause is gone
+and their dwell time has passed (:mod:`sinks.controller.safety`). Fixes are *sticky*: a
+resolved verdict means the symptom went away, not that the cause was repaired, so undoing a
+fix would bring the symptom back; they stay until an operator reverts them (the audit log
+lists them).
+
+:class:`SimActuator` applies actions through the simulator's control surface
+(``producers/sim/control.py``) and records every call it makes (``calls``), so the audit log
+can be checked against what was really done. Limits: it knows router weights only as it set
+them (weights are read from the router once, on first touch); ``restart_rank`` is not
+simulated, so a hung rank is handled by draining its replica.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from producers.sim.control import Control
+
+
+class ActionKind(StrEnum):
+    DRAIN = "drain-replica"
+    DEPRIORITIZE = "deprioritize-replica"
+    REDUCE_BATCH = "reduce-batch"
+    ENABLE_BACKFILL = "enable-backfill"
+    REBALANCE_ROUTER = "rebalance-router"
+    REPATH = "re-path"
+    THROTTLE_OFFLOAD = "throttle-offload"
+
+
+REVERSIBLE = frozenset({ActionKind.DRAIN, ActionKind.DEPRIORITIZE, ActionKind.REDUCE_BATCH})
+ROUTER_TARGET = "router"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One action on one target; ``ratio`` is the kind's setting (see :func:`capacity_units`).
+
+    ``ratio``: DEPRIORITIZE, the router weight kept (0.5 halves it); REDUCE_BATCH, the share
+    of the configured maximum batch kept; THROTTLE_OFFLOAD, the share of offload bandwidth
+    kept; unused otherwise.
+    """
+
+    kind: ActionKind
+    target: str
+    ratio: float = 1.0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity for bookkeeping: one active action per (kind, target)."""
+        return (self.kind.value, self.target)
+
+    @property
+    def reversible(self) -> bool:
+        return self.kind in REVERSIBLE
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "target": self.target, "ratio": self.ratio}
+
+
+def capacity_units(action: Action) -> float:
+    """Serving capacity the action removes from its replica, in replica units (0..1)."""
+    if action.kind is ActionKind.DRAIN:
+        return 1.0
+    if action.kind in (ActionKind.DEPRIORITIZE, ActionKind.REDUCE_BATCH):
+        return max(0.0, min(1.0, 1.0 - action.ratio))
+    return 0.0
+
+
+class Actuator(Protocol):
+    """Something that carries actions out (the simulator here, a real router elsewhere)."""
+
+    def apply(self, action: Action, at_ns: int) -> None: ...
+
+    def undo(self, action: Action, at_ns: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class ControlCall:
+    """One call made into the simulator's control surface."""
+
+    at_ns: int
+    method: str
+    args: tuple[Any, ...]
+    action: Action
+    undo: bool
+
+
+class SimActuator:
+    """Applies actions to a :class:`producers.sim.control.Control` and records every call.
+
+    ``router_weights`` and ``max_batch`` are the router's current weights and each replica's
+    configured maximum batch, as the scheduler that owns them knows them.
+    """
+
+    def __init__(
+        self, control: Control, router_weights: dict[str, float], max_batch: dict[str, int]
+    ) -> None:
+        self._control = control
+        self._base_weight = dict(router_weights)
+        self._factor: dict[str, float] = {}
+        self._max_batch = dict(max_batch)
+        self.calls: list[ControlCall] = []
+
+    def _call(self, at_ns: int, action: Action, undo: bool, method: str, *args: Any) -> None:
+        getattr(self._control, method)(*args)
+        self.calls.append(ControlCall(at_ns, method, tuple(args), action, undo))
+
+    def _set_weight(self, at_ns: int, action: Action, undo: bool, replica: str) -> None:
+        weight = self._base_weight.get(replica, 1.0) * self._factor.get(replica, 1.0)
+        self._call(at_ns, action, undo, "set_router_weight", replica, weight)
+
+    def apply(self, action: Action, at_ns: int) -> None:
+        kind, target = action.kind, action.target
+        if kind is ActionKind.DRAIN:
+            self._call(at_ns, action, False, "drain_replica", target)
+        elif kind is ActionKind.DEPRIORITIZE:
+            self._factor[target] = action.ratio
+            self._set_weight(at_ns, action, False, target)
+        elif kind is ActionKind.REDUCE_BATCH:
+            cap = self._replica_max_batch(target)
+            self._call(
+                at_ns, action, False, "set_max_batch", target, max(1, round(cap * action.ratio))
+            )
+        elif kind is ActionKind.ENABLE_BACKFILL:
+            self._call(at_ns, action, False, "enable_backfill", target)
+        elif kind is ActionKind.REBALANCE_ROUTER:
+            for replica in sorted(self._base_weight):
+                self._base_weight[replica] = 1.0
+                self._set_weight(at_ns, action, False, replica)
+        elif kind is ActionKind.REPATH:
+            self._call(at_ns, action, False, "repath", target)
+        elif kind is ActionKind.THROTTLE_OFFLOAD:
+            self._call(at_ns, action, False, "throttle_offload", target, action.ratio)
+        else:  # pragma: no cover - exhaustive over ActionKind
+            raise ValueError(f"unknown action kind {kind!r}")
+
+    def undo(self, action: Action, at_ns: int) -> None:
+        kind, target = action.kind, action.target
+        if kind is ActionKind.DRAIN:
+            self._call(at_ns, action, True, "undrain_replica", target)
+        elif kind is ActionKind.DEPRIORITIZE:
+            self._factor.pop(target, None)
+            self._set_weight(at_ns, action, True, target)
+        elif kind is ActionKind.REDUCE_BATCH:
+            self._call(
+                at_ns, action, True, "set_max_batch", target, self._replica_max_batch(target)
+            )
+        else:
+            raise ValueError(
+                f"{kind.value} on {target} is a sticky fix and is never undone automatically; "
+                "revert it by hand"
+            )
+
+    def _replica_max_batch(self, replica: str) -> int:
+        try:
+            return self._max_batch[replica]
+        except KeyError:
+            raise KeyError(
+                f"no configured maximum batch for replica {replica!r}; known: "
+                f"{sorted(self._max_batch)}"
+            ) from None

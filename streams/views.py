@@ -369,6 +369,15 @@ def _port_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
                 "nic.port_xmit_wait_per_s",
             ],
         )
+        # A bad optic corrupts traffic both ways: its link partners retransmit too, but only
+        # the culprit's own receiver counts PHY/FEC errors. Loss on a port whose plane has
+        # such a culprit, while it has none itself, is explained elsewhere.
+        culprits = [
+            v for v in group if v.features.get("nic.phy_errors_per_s_peer_ratio", 0.0) >= 5.0
+        ]
+        for view in group:
+            elsewhere = any(c is not view for c in culprits) and view not in culprits
+            view.features["nic.loss_explained_elsewhere"] = 1.0 if elsewhere else 0.0
     return out
 
 

@@ -11,26 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-COUNTERS = (
-    "tx_bytes_phy",
-    "rx_bytes_phy",
-    "rx_discards_phy",
-    "rx_symbol_err_phy",
-    "rx_corrected_bits_phy",
-    "np_ecn_marked_roce_packets",
-    "np_cnp_sent",
-    "rp_cnp_handled",
-    "out_of_sequence",
-    "packet_seq_err",
-    "local_ack_timeout_err",
-    "rx_prio3_pause",
-    "tx_prio3_pause",
-    "rx_prio3_pause_duration",
-    "tx_prio3_pause_duration",
-    "port_xmit_wait",
-    "outbound_pci_stalled_rd",
-    "outbound_pci_stalled_wr",
-)
+from schemas.nic_counters import NIC_COUNTERS
+
+COUNTERS = NIC_COUNTERS
 INDEX = {name: i for i, name in enumerate(COUNTERS)}
 # order of magnitude of each counter's value at simulation start (since boot)
 _BOOT_SCALE = {

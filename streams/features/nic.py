@@ -11,28 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from schemas.nic_counters import NIC_COUNTERS
 from streams.features.base import Extractor, span
 
-RATE_COUNTERS = (
-    "tx_bytes_phy",
-    "rx_bytes_phy",
-    "rx_discards_phy",
-    "rx_symbol_err_phy",
-    "rx_corrected_bits_phy",
-    "np_ecn_marked_roce_packets",
-    "np_cnp_sent",
-    "rp_cnp_handled",
-    "out_of_sequence",
-    "packet_seq_err",
-    "local_ack_timeout_err",
-    "rx_prio3_pause",
-    "tx_prio3_pause",
-    "rx_prio3_pause_duration",
-    "tx_prio3_pause_duration",
-    "port_xmit_wait",
-    "outbound_pci_stalled_rd",
-    "outbound_pci_stalled_wr",
-)
+RATE_COUNTERS = NIC_COUNTERS
 
 
 class NicExtractor(Extractor):

@@ -1,0 +1,70 @@
+"""The runbook file and the online models' checkpoints: clear errors, identical restores."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from models.anomaly import AnomalyScorer
+from models.runbook import RUNBOOK_PATH, RunbookError, load_runbook, parse_runbook
+
+DESIGN_CONDITIONS = {
+    "tp-straggler", "early-stop-skew", "pp-stage-imbalance", "moe-expert-imbalance",
+    "request-length-skew", "kv-cache-pressure", "host-preprocessing-delay", "rank-hang",
+    "clock-desync", "pcie-saturation", "pcie-degradation", "ingress-imbalance",
+    "ingress-microburst", "fabric-congestion", "retransmit-storm", "pfc-pause-storm",
+    "credit-starvation",
+}  # fmt: skip
+
+
+def test_the_bundled_runbook_has_every_condition_of_the_design() -> None:
+    runbook = load_runbook()
+    assert {c.id for c in runbook.conditions} == DESIGN_CONDITIONS
+    for cond in runbook.conditions:
+        assert cond.root_cause and cond.directive and cond.directive_text and cond.evidence
+
+
+def _without(text: str, line: str) -> str:
+    assert line in text
+    return text.replace(line, "", 1)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda t: t.replace('family = "compute"', 'family = "gpu"', 1), "family 'gpu'"),
+        (lambda t: t.replace("k = 3, n = 4", "k = 5, n = 4", 1), "1 <= k <= n"),
+        (lambda t: _without(t, 'directive = "deprioritize-replica"\n'), "field 'directive'"),
+        (lambda t: t.replace('op = ">="', 'op = "=>"', 1), "op '=>'"),
+        (lambda t: t.replace('feature = "nccl.last_arrival"', 'feature = "last_arrival"', 1),
+         "must be '<source>.<name>'"),
+        (lambda t: t + '\n[[condition]]\nid = "tp-straggler"\n', "missing field"),
+        (lambda t: "this is [not toml", "not valid TOML"),
+    ],
+)  # fmt: skip
+def test_a_malformed_runbook_fails_with_a_clear_error(mutate: object, message: str) -> None:
+    text = mutate(RUNBOOK_PATH.read_text())  # type: ignore[operator]
+    with pytest.raises(RunbookError) as err:
+        parse_runbook(text, "runbook-under-test.toml")
+    assert "runbook-under-test.toml" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_a_restored_model_checkpoint_scores_identically() -> None:
+    scorer = AnomalyScorer(warmup_windows=5)
+    for i in range(200):
+        x = {"a": 0.5 + 0.01 * (i % 7), "b": 0.1 * (i % 3), "c": 0.2}
+        scorer.learn_one("nic_port:east_west", x, at_ns=i)
+    probes = [{"a": 0.0, "b": 0.0, "c": 0.2}, {"a": 0.55, "b": 0.1, "c": 0.2}]
+    before = [scorer.score_one("nic_port:east_west", p) for p in probes]
+    restored = AnomalyScorer(warmup_windows=5)
+    restored.restore(scorer.checkpoint())
+    assert [restored.score_one("nic_port:east_west", p) for p in probes] == before
+    assert before[0] is not None and before[1] is not None and before[0] > before[1]
+
+
+def test_a_checkpoint_of_another_version_is_refused() -> None:
+    blob = pickle.dumps({"version": 999, "models": {}})
+    with pytest.raises(ValueError, match="version 999"):
+        AnomalyScorer().restore(blob)

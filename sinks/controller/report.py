@@ -11,10 +11,11 @@ Limits: time series are per 1 s bin; a dry-run series equal to the off one is dr
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+from streams.replay.report import html_table
 from streams.replay.svg import COLORS, Canvas
 
 MODE_COLORS = {"off": "#7a7a7a", "dry-run": "#457b9d", "on": "#e63946"}
@@ -60,22 +61,6 @@ def _pct_up(value: Any) -> str:
         return "–"
     css = "good" if value > 0 else "bad" if value < 0 else ""
     return f'<span class="{css}">{value:+.1%}</span>'
-
-
-def _table(head: Sequence[str], rows: list[list[str]], name_cols: int = 1) -> str:
-    th = "".join(
-        f'<th class="{"name" if i < name_cols else ""}">{escape(h)}</th>'
-        for i, h in enumerate(head)
-    )
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="{"name" if i < name_cols else ""}">{c}</td>' for i, c in enumerate(r)
-        )
-        + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{th}</tr>{body}</table>"
 
 
 def _multi_panel(
@@ -226,7 +211,7 @@ def _episode_section(row: Mapping[str, Any]) -> str:
     return (
         f'<section class="episode"><h3>{escape(row["scenario"])} seed {row["seed"]} '
         f"({escape(row['condition'])}, {row['duration_s']:g} s)</h3>"
-        f"{_table(head, rows)}<p class='note'>{verdict}</p>{episode_svg(row)}</section>"
+        f"{html_table(head, rows)}<p class='note'>{verdict}</p>{episode_svg(row)}</section>"
     )
 
 
@@ -244,7 +229,7 @@ def render(result: Mapping[str, Any]) -> str:
         f"</title><style>{_CSS}</style></head><body><h1>skewscope closed loop</h1>"
         f"<p class='note'>configuration: {cfg}</p>"
         "<h2>Per condition (means over episodes)</h2>"
-        f"{_table(head, _condition_rows(result['conditions']))}"
+        f"{html_table(head, _condition_rows(result['conditions']))}"
         f"<h2>Episodes</h2><p class='note'>{legend}; ▲ apply, ▼ undo (on run)</p>"
         + "".join(_episode_section(r) for r in result["episodes"])
         + "</body></html>"

@@ -62,7 +62,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return escape(str(value))
 
 
-def _table(head: Sequence[str], rows: list[list[str]], name_cols: int = 1) -> str:
+def html_table(head: Sequence[str], rows: list[list[str]], name_cols: int = 1) -> str:
+    """An HTML table; the first ``name_cols`` columns are names (left-aligned by the CSS)."""
     th = "".join(
         f'<th class="{"name" if i < name_cols else ""}">{escape(h)}</th>'
         for i, h in enumerate(head)
@@ -97,7 +98,7 @@ def _scores(runs: list[tuple[RunResult, dict[str, Any]]]) -> str:
         rows.append(row)
     if not rows:
         return '<p class="note">No labels and no verdict episodes of any runbook condition.</p>'
-    return _table(head, rows, 2)
+    return html_table(head, rows, 2)
 
 
 def _confusion(run: RunResult, labels: list[dict[str, Any]], grace_ns: float) -> str:
@@ -117,7 +118,7 @@ def _confusion(run: RunResult, labels: list[dict[str, Any]], grace_ns: float) ->
             style = f' style="background:rgba({hue},{alpha:.2f})"' if n else ""
             cells.append(f"<span{style}>&nbsp;{n}&nbsp;</span>" if n else "")
         rows.append(cells)
-    return _table(["label \\ first verdict", *cols], rows)
+    return html_table(["label \\ first verdict", *cols], rows)
 
 
 def _latencies(
@@ -319,7 +320,7 @@ def _runs_table(runs: list[tuple[RunResult, dict[str, Any]]]) -> str:
                 _fmt(stats["late_frames"]),
             ]
         )
-    return _table(
+    return html_table(
         [
             "run",
             "runbook",

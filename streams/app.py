@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -140,7 +142,10 @@ def build_app(
             recovery.lost(topic, partition, earliest)
             offset = earliest
         log.info("%s[%d]: seeking back to offset %d (checkpointed position)", *tp, offset)
-        await app.consumer.seek(tp, offset)
+        # seek_wait runs the seek on the consumer's own thread and waits for the position.
+        # Consumer.seek would call aiokafka's seek from this thread, while its fetcher state
+        # and wake-up future belong to the consumer thread's event loop (not thread-safe).
+        await app.consumer.seek_wait({tp: offset})
 
     @checkpoints.on_recover
     async def restore_shards() -> None:
@@ -179,6 +184,14 @@ def build_app(
 
         consumer.perform_seek = perform_seek
         consumer._skewscope_seek_wrapped = True
+
+    # Faust drops a message whose offset is below the highest offset it has read on its
+    # partition. After a seek back to a checkpoint, messages fetched before the seek still
+    # arrive first and raise that mark, and the re-read messages behind them would be dropped.
+    # ShardRecovery already decides per message (skip, apply, seek), so the filter is off for
+    # the telemetry topics. The consumer is made now, before its fetcher binds the mapping.
+    consumer: Any = app.consumer
+    consumer._read_offset = _ReadOffsets(telemetry_topics, consumer._read_offset)
 
     @app.agent(telemetry)
     async def detect(stream: Any) -> None:
@@ -252,6 +265,7 @@ def build_app(
             "checkpoints": recovery.checkpoints,
             "seeks": recovery.seeks,
             "skipped": recovery.skipped,
+            "gaps": recovery.gaps,
         }
         return web.json(
             {
@@ -270,6 +284,20 @@ def build_app(
     # Before the worker starts, so the page wins the '/' route over Faust's own index.
     register_health_page(app, pool, settings)
     return app, pool
+
+
+class _ReadOffsets(defaultdict[Any, int | None]):
+    """Faust's per-partition read offsets, reading as 'none yet' for ``unfiltered`` topics, so
+    its drain loop passes every message of those topics (it still records the offsets)."""
+
+    def __init__(self, unfiltered: set[str], current: Mapping[Any, int | None]) -> None:
+        super().__init__(lambda: None, current)
+        self._unfiltered = frozenset(unfiltered)
+
+    def __getitem__(self, tp: Any) -> int | None:
+        if tp.topic in self._unfiltered:
+            return None
+        return super().__getitem__(tp)
 
 
 def _dead_letter(dlq: EventProducer, settings: Settings, message: Any, exc: Exception) -> None:

@@ -7,9 +7,14 @@ the offset of the next message the shard's state expects, and answers for each m
 
 * ``PROCESS``: it is the expected one (or the partition has no checkpoint yet);
 * ``SKIP``: it is already in the state (a redelivery);
-* ``SEEK``: it is past the expected offset: the consumer must seek back to ``offset``; the
-  message is skipped and comes again. Repeated for every such message until the expected
-  one arrives (a message fetched before a seek can undo it in Faust's read-offset filter).
+* ``SEEK``: it is past the expected offset, so messages are missing (a restored partition,
+  a rebalance whose seek did not happen, a fetch that raced a seek): the consumer must seek
+  back to ``offset``; the message is skipped. Messages fetched before the seek arrive next,
+  still past it and increasing: skipped (the seek is repeated every ``RESEEK_AFTER``). When
+  the offsets go back down the re-read has begun: if it starts above the expected offset,
+  that offset does not exist (a gap: offsets need not be contiguous) and is passed over.
+  (The app turns off Faust's read-offset filter for these topics: it would drop the re-read
+  messages behind the stale ones.)
 
 Checkpoints are due when a shard has closed ``interval_windows`` windows since its last one
 (default 4 windows: 1 s of event time with 250 ms hops), never per frame. A checkpoint covers
@@ -38,7 +43,16 @@ log = logging.getLogger(__name__)
 TopicPartition = tuple[str, int]
 
 
-MAX_RESUME_SEEKS = 20
+RESEEK_AFTER = 5000  # skipped messages of a resume before its seek is repeated
+
+
+@dataclass
+class _Chase:
+    """A topic-partition seeking back to its expected offset: the highest offset skipped
+    since the seek, and how many were skipped."""
+
+    max_seen: int
+    skipped: int = 0
 
 
 class Admit(Enum):
@@ -54,10 +68,7 @@ class ShardRecovery:
     pool: ShardPool
     interval_windows: int = 4
     _expected: dict[TopicPartition, int] = field(default_factory=dict)
-    _seeking: dict[TopicPartition, int] = field(default_factory=dict)
-    # topic-partitions restored from a checkpoint whose first message has not come yet, with
-    # the seeks spent on it
-    _resuming: dict[TopicPartition, int] = field(default_factory=dict)
+    _seeking: dict[TopicPartition, _Chase] = field(default_factory=dict)
     gaps: int = 0
     _last_checkpoint_windows: dict[int, int] = field(default_factory=dict)
     skipped: int = 0
@@ -82,7 +93,6 @@ class ShardRecovery:
         for tp, offset in cp.offsets.items():
             if tp[1] == partition:
                 self._expected[tp] = offset
-                self._resuming[tp] = 0
         self._last_checkpoint_windows[partition] = cp.windows_closed
         return (
             f"partition {partition}: restored at watermark {cp.watermark_ns} after "
@@ -97,8 +107,6 @@ class ShardRecovery:
             del self._expected[tp]
         for tp in [tp for tp in self._seeking if tp[1] == partition]:
             del self._seeking[tp]
-        for tp in [tp for tp in self._resuming if tp[1] == partition]:
-            del self._resuming[tp]
         self._last_checkpoint_windows.pop(partition, None)
 
     # -- per message --------------------------------------------------------------------
@@ -108,26 +116,41 @@ class ShardRecovery:
         expected = self._expected.get(tp)
         if expected is None or offset == expected:
             self._seeking.pop(tp, None)
-            self._resuming.pop(tp, None)
             return Admit.PROCESS, offset
         if offset < expected:
             self.skipped += 1
             return Admit.SKIP, offset
-        attempts = self._resuming.get(tp)
-        if attempts is None or attempts >= MAX_RESUME_SEEKS:
-            # Outside a resume, a higher offset is a gap in the log (offsets need not be
-            # contiguous): take it. Seeking back here would never find the missing offset
-            # and would stall the partition.
-            self._resuming.pop(tp, None)
+        chase = self._seeking.get(tp)
+        if chase is None:
+            # Past the expected offset: messages are missing (a restore, a rebalance whose
+            # seek did not happen, a fetch that raced a seek). Seek back to them.
+            self._seeking[tp] = _Chase(max_seen=offset)
+            self.seeks += 1
+            self.skipped += 1
+            return Admit.SEEK, expected
+        if offset <= chase.max_seen:
+            # The offsets went back: the re-read after the seek has begun, and it began above
+            # the expected offset, so that offset does not exist (offsets need not be
+            # contiguous; deleted records are found at the seek, see lost()). Take the gap.
+            del self._seeking[tp]
             self.gaps += 1
+            log.warning(
+                "%s[%d]: offsets %d..%d do not exist; continuing at %d",
+                topic,
+                partition,
+                expected,
+                offset - 1,
+                offset,
+            )
             return Admit.PROCESS, offset
-        # Resuming from a checkpoint, past the expected offset: a message fetched before the
-        # seek can move Faust's read offset past the one we want, so the seek is repeated
-        # (a bounded number of times) until the expected message arrives.
-        self._resuming[tp] = attempts + 1
-        self._seeking[tp] = expected
-        self.seeks += 1
+        # Fetched before the seek, still ahead of the re-read ones: skip (taking it as a gap
+        # would lose the re-read messages). The seek is repeated every RESEEK_AFTER of them.
+        chase.max_seen = offset
+        chase.skipped += 1
         self.skipped += 1
+        if chase.skipped % RESEEK_AFTER:
+            return Admit.SKIP, offset
+        self.seeks += 1
         return Admit.SEEK, expected
 
     def lost(self, topic: str, partition: int, first_available: int) -> None:
@@ -144,7 +167,6 @@ class ShardRecovery:
             first_available - 1,
         )
         self._expected[tp] = first_available
-        self._seeking[tp] = first_available
 
     def applied(self, topic: str, partition: int, offset: int) -> None:
         """The message at ``offset`` is now in the shard's state."""

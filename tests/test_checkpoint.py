@@ -147,9 +147,10 @@ def test_checkpoint_body_cannot_run_arbitrary_code() -> None:
         evil.restore()
 
 
-def test_a_gap_in_the_log_is_taken_not_chased() -> None:
-    """Offsets need not be contiguous: outside a resume, a higher offset is processed (a
-    seek back would never find the missing one and would stall the partition)."""
+def test_a_gap_in_the_log_is_taken_once_the_re_read_shows_it() -> None:
+    """Offsets need not be contiguous: a higher offset first seeks back; when the re-read
+    starts again above the expected offset (the offsets went back down), the missing offsets
+    do not exist and the partition carries on (chasing them would stall it)."""
     from streams.recovery import Admit, ShardRecovery
     from streams.shards import ShardPool
 
@@ -157,18 +158,32 @@ def test_a_gap_in_the_log_is_taken_not_chased() -> None:
     recovery.applied("t", 0, 10)
     assert recovery.admit("t", 0, 11) == (Admit.PROCESS, 11)
     recovery.applied("t", 0, 11)
-    assert recovery.admit("t", 0, 15) == (Admit.PROCESS, 15)
+    assert recovery.admit("t", 0, 15) == (Admit.SEEK, 12)
+    assert recovery.admit("t", 0, 16)[0] is Admit.SKIP  # fetched before the seek
+    assert recovery.gaps == 0
+    assert recovery.admit("t", 0, 15) == (Admit.PROCESS, 15)  # the re-read begins at 15
     assert recovery.gaps == 1
+    recovery.applied("t", 0, 15)
     assert recovery.admit("t", 0, 3)[0] is Admit.SKIP
 
 
-def test_a_resume_seeks_back_a_bounded_number_of_times() -> None:
-    from streams.recovery import MAX_RESUME_SEEKS, Admit, ShardRecovery
+def test_missing_messages_are_re_read_and_stale_ones_never_taken_as_a_gap() -> None:
+    """Past the expected offset (a restore, a rebalance that skipped its seek, a fetch that
+    raced one): seek back once; the messages fetched before the seek come next and are
+    skipped (a repeated seek every RESEEK_AFTER of them); the re-read delivers the expected
+    message and everything after it."""
+    from streams.recovery import RESEEK_AFTER, Admit, ShardRecovery
     from streams.shards import ShardPool
 
     recovery = ShardRecovery(ShardPool())
-    recovery._expected[("t", 0)] = 100
-    recovery._resuming[("t", 0)] = 0
-    decisions = [recovery.admit("t", 0, 120)[0] for _ in range(MAX_RESUME_SEEKS + 1)]
-    assert decisions[:MAX_RESUME_SEEKS] == [Admit.SEEK] * MAX_RESUME_SEEKS
-    assert decisions[-1] is Admit.PROCESS
+    recovery.applied("t", 0, 156)
+    stale = [recovery.admit("t", 0, 177 + i) for i in range(RESEEK_AFTER + 1)]
+    assert stale[0] == (Admit.SEEK, 157)
+    assert [d for d, _ in stale[1:-1]] == [Admit.SKIP] * (RESEEK_AFTER - 1)
+    assert stale[-1] == (Admit.SEEK, 157)
+    assert recovery.gaps == 0 and recovery.seeks == 2
+    assert recovery.admit("t", 0, 150)[0] is Admit.SKIP  # redelivery of applied ones
+    for offset in range(157, 200):
+        assert recovery.admit("t", 0, offset) == (Admit.PROCESS, offset)
+        recovery.applied("t", 0, offset)
+    assert recovery.gaps == 0

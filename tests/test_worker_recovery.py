@@ -249,11 +249,6 @@ def _latest_checkpoints(settings: Settings, app_id: str) -> dict[int, Any]:
         consumer.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known open bug (issue #4 note): after a restore a partition can stop receiving "
-    "messages; seen in 1 of 3 fresh-clone CI runs. Kept running so a pass or fail is reported.",
-)
 def test_killed_worker_recovers_from_changelog_without_early_input(settings: Settings) -> None:
     settings = _isolated(settings, partitions=2)
     deployments = _deployments(2, 2)

@@ -25,6 +25,7 @@ class RankPlace:
     switch_port: str
     pcie_gen_expected: int
     pcie_width_expected: int
+    gpu_behind_dpu: bool = False  # the node's DPU sees this GPU's host copies
 
     @property
     def entity(self) -> str:
@@ -69,6 +70,7 @@ class Topology:
             switch_port=record.get("switch_port", ""),
             pcie_gen_expected=int(record.get("pcie_link_gen_expected", 5)),
             pcie_width_expected=int(record.get("pcie_link_width_expected", 16)),
+            gpu_behind_dpu=bool(record.get("gpu_behind_dpu", False)),
         )
         # Copy on write: a detector iterating the old mapping in another thread stays safe.
         ranks = dict(self.ranks)

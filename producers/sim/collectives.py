@@ -33,7 +33,7 @@ import numpy as np
 
 from producers.sim.fabric import Fabric
 from producers.sim.gpu import GpuState
-from producers.sim.pcie import PcieState
+from producers.sim.pcie import PcieState, step_copy_bytes
 from producers.sim.scenario import ClusterSpec, DeploymentSpec
 from producers.sim.topology import DeploymentLayout
 
@@ -79,10 +79,43 @@ class RowLog:
 
 @dataclass
 class StepIntervals:
-    """Start and end of every completed step (GPU busy time), plus an in-flight hang."""
+    """Every step not yet fully reported: its busy time, its work and its host copies.
+
+    Parallel lists, one entry per step: ``start``/``end`` (GPU busy time, ns), the step's
+    work (``prefill_tokens``, ``n_decode``: phase truth) and its host<->GPU copies per rank
+    (``h2d_bytes`` at the start on every rank, ``d2h_bytes`` at the end on the last stage's
+    ranks; see :func:`producers.sim.pcie.step_copy_bytes`). Emitters drop the steps they no
+    longer need with :meth:`keep`.
+    """
 
     start: list[int] = field(default_factory=list)
     end: list[int] = field(default_factory=list)
+    prefill_tokens: list[int] = field(default_factory=list)
+    n_decode: list[int] = field(default_factory=list)
+    h2d_bytes: list[int] = field(default_factory=list)
+    d2h_bytes: list[int] = field(default_factory=list)
+
+    def append(
+        self, start: int, end: int, prefill_tokens: int, n_decode: int, h2d: int, d2h: int
+    ) -> None:
+        self.start.append(start)
+        self.end.append(end)
+        self.prefill_tokens.append(prefill_tokens)
+        self.n_decode.append(n_decode)
+        self.h2d_bytes.append(h2d)
+        self.d2h_bytes.append(d2h)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The lists as int64 arrays, by field name."""
+        return {
+            name: np.array(getattr(self, name), dtype=np.int64)
+            for name in ("start", "end", "prefill_tokens", "n_decode", "h2d_bytes", "d2h_bytes")
+        }
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep only the steps where mask is true (all fields together)."""
+        for name, values in self.arrays().items():
+            setattr(self, name, values[mask].tolist())
 
 
 class Executor:
@@ -120,8 +153,20 @@ class Executor:
         self.gpu_node = layout.rank_node  # [pp, tp]
 
     # -- one step ----------------------------------------------------------------------
-    def step(self, t0: int, n_decode: int, prefill_tokens: int, kv_tokens: int) -> int | None:
-        """Run one forward pass from t0; return its end time, or None if a rank hangs."""
+    def step(
+        self,
+        t0: int,
+        n_decode: int,
+        prefill_tokens: int,
+        kv_tokens: int,
+        n_prefill_seqs: int = 0,
+        n_sampled: int | None = None,
+    ) -> int | None:
+        """Run one forward pass from t0; return its end time, or None if a rank hangs.
+
+        ``n_prefill_seqs`` sequences get a prefill chunk; ``n_sampled`` sequences produce a
+        token (default: the decodes; a prefill chunk that does not finish its prompt samples
+        nothing). Both only size the step's host copies."""
         gpus_all = self.layout.rank_gpu
         hung = self.gpus.hung[gpus_all]
         if hung.any():
@@ -131,6 +176,7 @@ class Executor:
             return None
         m, spec = self.model, self.spec
         tokens = n_decode + prefill_tokens
+        n_sampled = n_decode if n_sampled is None else n_sampled
         nominal_ns = (
             m.step_base_us * 1e3
             + m.decode_us_per_seq * 1e3 * n_decode
@@ -177,8 +223,8 @@ class Executor:
                 )
         t_end = float(entry.max()) if spec.pp > 1 else stage_end
         end_ns = t0 + int(t_end)
-        self.intervals.start.append(t0)
-        self.intervals.end.append(end_ns)
+        h2d, d2h = step_copy_bytes(tokens, n_decode + n_prefill_seqs, n_sampled)
+        self.intervals.append(t0, end_ns, prefill_tokens, n_decode, h2d, d2h)
         self.last_step_ns = end_ns - t0
         return end_ns
 

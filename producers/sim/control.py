@@ -13,7 +13,8 @@ from producers.sim.world import World
 
 
 class Control:
-    """Mitigations: router weights, drains, batch size, backfill, offload throttle, re-path."""
+    """Mitigations: router weights, drains, admission, batch size, backfill, offload throttle,
+    re-path, restarts."""
 
     def __init__(self, world: World) -> None:
         self._w = world
@@ -51,8 +52,16 @@ class Control:
         """Move flows off the path of '<node>/<port>' (its link errors and pauses stop hitting)."""
         self._w.fabric.repathed[self._w.layout.resolve_gpu(node_port)] = True
 
-    def restart_rank(self, rank: str) -> None:
-        raise NotImplementedError(
-            "restart_rank is not simulated: a hung rank stays hung; drain the replica instead "
-            "(drain_replica)"
-        )
+    def set_admission_ratio(self, replica: str, ratio: float) -> None:
+        """Admission control at the front end: admit this share of the replica's new
+        requests, reject the rest (HTTP 429); 1 admits all."""
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"admission ratio for {replica} must be in [0, 1], got {ratio}")
+        self._w.router.admit_ratio[self._w.replica_index(replica)] = ratio
+
+    def restart_replica(self, replica: str, downtime_s: float) -> None:
+        """Restart the replica's engine and workers; it serves again after ``downtime_s``
+        (model reload), and a hung rank's process is gone."""
+        if downtime_s < 0:
+            raise ValueError(f"restart downtime for {replica} must be >= 0 s, got {downtime_s}")
+        self._w.restart_replica(replica, self._w.now_ns, int(downtime_s * 1e9))

@@ -123,6 +123,23 @@ class Engine:
                 return
             self._step()
 
+    def restart(self, at_ns: int, ready_ns: int) -> None:
+        """The engine process restarts at at_ns and is ready at ready_ns: running sequences
+        lose their KV and return to the head of the queue (recompute), a stall is over."""
+        running = np.flatnonzero(self.slot_req >= 0)
+        for slot in running[np.argsort(-self.slot_order[running])]:
+            req = int(self.slot_req[slot])
+            done = self.req_out_done[req] = int(self.slot_out[slot])
+            self.events.append((req, PREEMPTED, at_ns, self.req_prompt[req], done))
+            self.preemptions_total += 1
+            self.waiting.appendleft(req)
+        self.slot_req[:] = -1
+        self.slot_kv[:] = 0
+        self.slot_prefill[:] = 0
+        self.stalled = False
+        self.busy_since = None
+        self.t_ns = max(self.t_ns, ready_ns)
+
     def _free_blocks(self) -> int:
         used = -(-self.slot_kv[self.slot_req >= 0] // self.block_tokens)
         return self.kv_capacity_blocks - int(used.sum())
@@ -197,7 +214,16 @@ class Engine:
         n_decode = int(decoding.sum())
         prefill_tokens = int(new_tokens[active & ~decoding].sum())
         kv_tokens = int(self.slot_kv[active].sum())
-        end = self.executor.step(t0, n_decode, prefill_tokens, kv_tokens)
+        chunked = active & ~decoding & (new_tokens > 0)
+        finishing = chunked & (self.slot_prefill == new_tokens)  # prompt done: samples a token
+        end = self.executor.step(
+            t0,
+            n_decode,
+            prefill_tokens,
+            kv_tokens,
+            n_prefill_seqs=int(chunked.sum()),
+            n_sampled=n_decode + int(finishing.sum()),
+        )
         if end is None:
             self.stalled = True
             return

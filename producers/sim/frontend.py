@@ -21,7 +21,13 @@ from producers.sim.scenario import Scenario
 
 
 class Router:
-    """Weighted random routing with pins and drains."""
+    """Weighted random routing with pins, drains and admission control, no health checks.
+
+    ``admit_ratio[r]``: share of new requests for replica r that admission control lets in
+    (the rest are rejected at the front end, HTTP 429); ``down_until_ns[r]``: the replica is
+    restarting until then, and requests routed to it meanwhile are refused (its front end is
+    down). Moving load elsewhere is the scheduler's decision (``drained``, ``weights``).
+    """
 
     def __init__(self, scenario: Scenario, rng: np.random.Generator) -> None:
         names = [d.name for d in scenario.deployments]
@@ -29,6 +35,8 @@ class Router:
         self.names = names
         self.weights = np.array([configured.get(n, 1.0) for n in names], dtype=float)
         self.drained = np.zeros(len(names), dtype=bool)
+        self.admit_ratio = np.ones(len(names))
+        self.down_until_ns = np.zeros(len(names), dtype=np.int64)
         self.connections = scenario.workload.connections_per_replica
         self._rng = rng
 
@@ -40,14 +48,16 @@ class Router:
             return np.full(len(w), 1.0 / len(w))
         return w / total
 
-    def route(self, arrivals: Arrivals) -> tuple[np.ndarray, np.ndarray]:
-        """(replica index, connection index) per arrival."""
+    def route(self, arrivals: Arrivals) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(replica index, connection index, admitted) per arrival."""
         n = arrivals.t_ns.size
         replica = self._rng.choice(len(self.names), size=n, p=self.share())
         pinned = arrivals.pin >= 0
         replica[pinned] = arrivals.pin[pinned]
         conn = self._rng.integers(0, self.connections, n)
-        return replica.astype(np.int64), conn.astype(np.int64)
+        admitted = self._rng.random(n) < self.admit_ratio[replica]
+        admitted &= arrivals.t_ns >= self.down_until_ns[replica]
+        return replica.astype(np.int64), conn.astype(np.int64), admitted
 
 
 class Tokenizer:

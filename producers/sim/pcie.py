@@ -1,5 +1,15 @@
 """PCIe links per GPU: trained generation/width, host traffic, replays, switch contention.
 
+Host copies come out of the engine steps (vLLM-like input preparation and sampling): at
+a step's start every rank copies the step's inputs host -> device (per scheduled token: input
+id, position and KV slot; per scheduled sequence: its block-table row, lengths and sampling
+parameters); at its end the last pipeline stage's ranks copy the sampled tokens device -> host
+(per sequence that produced a token; a prefill chunk that does not finish its prompt produces
+none). While kernels run, the GPU also fetches launch pushbuffers and doorbells from host
+memory (a small host -> device trickle proportional to busy time). So prefill-heavy time moves
+many input bytes in few, long steps and returns few samples; decode-heavy time returns a
+sample per sequence every short step.
+
 Cause knobs: ``gen``/``width`` (a link trained down, e.g. x16 -> x8), ``replay_per_s``
 (link errors of a bad riser: each replays a TLP), ``offload_demand_bytes_per_s`` (KV offload
 or weight paging a GPU wants to move to/from host memory), ``offload_throttle_ratio`` (the
@@ -19,14 +29,28 @@ from producers.sim.scenario import ClusterSpec
 LANE_GBYTES_PER_S = {3: 0.985, 4: 1.969, 5: 3.938, 6: 7.563}
 _LANE_TABLE = np.array([LANE_GBYTES_PER_S.get(g, 0.0) for g in range(7)])
 EFFICIENCY = 0.92
-BASE_H2D_BYTES_PER_S = 40e6  # token ids, sampling params, when busy
-BASE_D2H_BYTES_PER_S = 25e6  # sampled tokens, logprobs
+# Step inputs, host -> device, on every rank of the replica at step start.
+INPUT_H2D_BYTES_PER_TOKEN = 20  # input id (int32), position (int64), KV slot (int64)
+BLOCK_TABLE_H2D_BYTES_PER_SEQ = 4 * 1024  # block-table row: 1024 int32 block ids (16k ctx)
+SEQ_META_H2D_BYTES_PER_SEQ = 32  # query start, sequence length, sampling parameters
+# Step outputs, device -> host, on the last pipeline stage's ranks at step end.
+SAMPLE_D2H_BYTES_PER_SEQ = 16  # sampled token id (int64) and its logprob (float32), padded
+# Kernel launch pushbuffers and doorbell/semaphore reads while the GPU is busy.
+LAUNCH_H2D_BYTES_PER_S_BUSY = 2e6
 BASELINE_REPLAY_PER_S = 0.02
 BASELINE_STALL_PER_S = 3.0
 
 
 def link_bytes_per_s(gen: np.ndarray, width: np.ndarray) -> np.ndarray:
     return _LANE_TABLE[gen] * 1e9 * width * EFFICIENCY
+
+
+def step_copy_bytes(tokens: int, n_seqs: int, n_sampled: int) -> tuple[int, int]:
+    """Host copies of one engine step per rank: (H2D input bytes, D2H sample bytes)."""
+    h2d = tokens * INPUT_H2D_BYTES_PER_TOKEN + n_seqs * (
+        BLOCK_TABLE_H2D_BYTES_PER_SEQ + SEQ_META_H2D_BYTES_PER_SEQ
+    )
+    return int(h2d), int(n_sampled * SAMPLE_D2H_BYTES_PER_SEQ)
 
 
 class PcieState:
@@ -56,15 +80,27 @@ class PcieState:
         cap = self.cap_bytes_per_s()[gpus]
         return np.maximum(1.0, demand / cap)
 
-    def tick_traffic(self, util: np.ndarray, dt_s: float) -> dict[str, np.ndarray]:
-        """True per-tick PCIe quantities for util[n_gpus, n_ticks]."""
+    def tick_traffic(
+        self,
+        util: np.ndarray,
+        dt_s: float,
+        h2d_copy_bytes: np.ndarray | None = None,
+        d2h_copy_bytes: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """True per-tick PCIe quantities for util[n_gpus, n_ticks] and the step copies
+        (bytes per GPU and tick, same shape) that started or ended in each tick."""
         n, ticks = util.shape
+        h2d_copy = np.zeros((n, ticks)) if h2d_copy_bytes is None else h2d_copy_bytes
+        d2h_copy = np.zeros((n, ticks)) if d2h_copy_bytes is None else d2h_copy_bytes
         cap = self.cap_bytes_per_s()[:, None]
         offload = self.offload_bytes_per_s()[:, None] * (util > 0.05)
         wobble = 1.0 + self._rng.normal(0.0, 0.02, (n, ticks))
         # KV offload evicts blocks to host (D2H) and reloads most of them later (H2D)
-        h2d = np.minimum(cap, (BASE_H2D_BYTES_PER_S * util + 0.6 * offload) * wobble)
-        d2h = np.minimum(cap, (BASE_D2H_BYTES_PER_S * util + offload) * wobble)
+        h2d = np.minimum(
+            cap,
+            (LAUNCH_H2D_BYTES_PER_S_BUSY * util + 0.6 * offload) * wobble + h2d_copy / dt_s,
+        )
+        d2h = np.minimum(cap, offload * wobble + d2h_copy / dt_s)
         replays = self._rng.poisson(self.replay_per_s[:, None] * dt_s, (n, ticks))
         switch_util = (h2d + d2h) / self.uplink_bytes_per_s
         return {

@@ -66,6 +66,8 @@ class Simulation:
         self._undo: dict[int, Undo] = {}
         self._open: dict[int, dict[str, Any]] = {}
         self.now_ns = self.start_ns
+        # the true state of the latest chunk (for measurements; never emitted)
+        self.last_truth: ChunkTruth | None = None
         self._topology = self.world.layout.topology_records(self.start_ns)
 
     @property
@@ -144,6 +146,7 @@ class Simulation:
             self._load.tick(self._engine_state())
         self.now_ns = t0 + CHUNK_NS
         truth = self._truth(t0, clock_factor, throttle, gen)
+        self.last_truth = truth
         frames = self.telemetry.emit(truth)
         self._load.observe(self.now_ns)
         return frames
@@ -163,9 +166,9 @@ class Simulation:
     ) -> ChunkTruth:
         w = self.world
         lay = w.layout
-        util = self._util(t0)
+        util, prefill_share, h2d_copy, d2h_copy = self._steps(t0)
         dt_s = TICK_NS / 1e9
-        pcie = w.pcie.tick_traffic(util, dt_s)
+        pcie = w.pcie.tick_traffic(util, dt_s, h2d_copy, d2h_copy)
         fabric = w.fabric.end_chunk()
         stalls = w.pcie.nic_stalls(pcie["switch_util"], fabric.tx_packets, dt_s)
         wl = w.scenario.workload
@@ -197,25 +200,51 @@ class Simulation:
             fabric=fabric,
             ns=ns,
             gen_tokens=gen,
+            prefill_share=prefill_share,
         )
 
-    def _util(self, t0: int) -> np.ndarray:
-        """Busy fraction of each GPU in each tick, from its deployment's step intervals."""
+    def _steps(self, t0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per GPU and tick, from each deployment's steps: busy fraction, prefill share of
+        the compute (NaN when idle), and the bytes of the step copies host -> device (at
+        step starts in the tick) and device -> host (at step ends, last stage only)."""
         w = self.world
+        shape = (w.layout.n_gpus, TICKS_PER_CHUNK)
         edges = t0 + TICK_NS * np.arange(TICKS_PER_CHUNK + 1, dtype=np.int64)
-        util = np.zeros((w.layout.n_gpus, TICKS_PER_CHUNK))
+        util = np.zeros(shape)
+        prefill_share = np.full(shape, np.nan)
+        h2d = np.zeros(shape)
+        d2h = np.zeros(shape)
         for ex in w.executors:
-            starts = np.array(ex.intervals.start, dtype=np.int64)
-            ends = np.array(ex.intervals.end, dtype=np.int64)
+            iv = ex.intervals.arrays()
+            starts, ends = iv["start"], iv["end"]
             covered = np.clip(edges[:, None] - starts[None, :], 0, (ends - starts)[None, :])
-            busy = (
-                np.diff(covered.sum(axis=1)) / TICK_NS if starts.size else np.zeros(TICKS_PER_CHUNK)
-            )
+            overlap = np.diff(covered, axis=0)  # [ticks, steps] ns of each step in each tick
+            busy = overlap.sum(axis=1) / TICK_NS
             gpus = ex.layout.rank_gpu.ravel()
             util[gpus] = np.clip(busy, 0.0, 1.0)[None, :]
+            m = ex.model
+            prefill_ns = m.prefill_us_per_token * 1e3 * iv["prefill_tokens"]
+            work_ns = prefill_ns + m.decode_us_per_seq * 1e3 * iv["n_decode"]
+            weight = overlap * (work_ns > 0)[None, :]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                step_share = np.where(work_ns > 0, prefill_ns / work_ns, 0.0)
+                share = (weight * step_share[None, :]).sum(axis=1) / weight.sum(axis=1)
+            prefill_share[gpus] = share[None, :]
+            # copies: H2D at a step's start on every rank, D2H at its end on the last stage
+            for at, nbytes, ranks, out in (
+                (starts, iv["h2d_bytes"], gpus, h2d),
+                (ends, iv["d2h_bytes"], ex.layout.rank_gpu[-1], d2h),
+            ):
+                inside = (at >= edges[0]) & (at < edges[-1])
+                per_tick = np.bincount(
+                    (at[inside] - edges[0]) // TICK_NS,
+                    weights=nbytes[inside].astype(float),
+                    minlength=TICKS_PER_CHUNK,
+                )
+                out[ranks] += per_tick[None, :]
             if ex.hang_start_ns is not None:
                 since = np.clip((edges[1:] - ex.hang_start_ns) / TICK_NS, 0.0, 1.0)
                 spinning = np.maximum(util[gpus], since[None, :])
                 util[gpus] = spinning
                 util[ex.hung_gpus] = np.where(since > 0, 0.0, util[ex.hung_gpus])
-        return util
+        return util, prefill_share, h2d, d2h

@@ -63,6 +63,9 @@ class ChunkTruth:
     fabric: TickTraffic
     ns: NorthSouth
     gen_tokens: np.ndarray  # [n_replicas, ticks]
+    # Truth only (never emitted): share of each GPU's compute time in each tick spent on
+    # prefill, from the nominal split of the steps running in it; NaN where no step runs.
+    prefill_share: np.ndarray | None = None  # [n_gpus, ticks]
 
 
 class Telemetry:
@@ -188,9 +191,7 @@ class Telemetry:
         engine.snap_t = engine.snap_t[keep_from:]
         engine.snap = engine.snap[keep_from:]
         last = tick_end[-1] - TICK_NS
-        keep = ends > last
-        ex.intervals.start = starts[keep].tolist()
-        ex.intervals.end = ends[keep].tolist()
+        ex.intervals.keep(ends > last)  # all step fields together
         tok_depth = w.tokenizers[r].queue_depth(tick_end)
         n_experts = spec.model.n_experts
         if n_experts:

@@ -62,6 +62,8 @@ class World:
         self.now_ns = start_ns
         # per-chunk log of what arrived where (north-south truth for the DPU and labels)
         self.ingress: list[tuple[np.ndarray, ...]] = []
+        # requests admission control turned away: (arrival ns, replica) per admission round
+        self.rejected: list[tuple[np.ndarray, np.ndarray]] = []
 
     # -- lookups used by faults and control ---------------------------------------------
     def replica_index(self, name: str) -> int:
@@ -86,15 +88,31 @@ class World:
         batch = self.arrivals.draw(t0, t1)
         if not batch.t_ns.size:
             return
-        replica, conn = self.router.route(batch)
+        replica, conn, admitted = self.router.route(batch)
+        # rejected requests still arrive at the front end (and get their 429 or 503 there)
         self.ingress.append((batch.t_ns, replica, conn, batch.prompt_tokens))
-        for r in np.unique(replica):
-            sel = replica == r
+        if not admitted.all():
+            self.rejected.append((batch.t_ns[~admitted], replica[~admitted]))
+        for r in np.unique(replica[admitted]):
+            sel = (replica == r) & admitted
             t = batch.t_ns[sel]
             ready = self.tokenizers[r].process(t, batch.prompt_tokens[sel])
             self.engines[r].submit(
                 t, ready, batch.prompt_tokens[sel], batch.output_tokens[sel], conn[sel]
             )
+
+    def restart_replica(self, name: str, at_ns: int, downtime_ns: int) -> None:
+        """Restart a replica's engine and worker processes: a wedged rank's process is gone
+        (its GPUs no longer hang), sequences in flight are recomputed after the restart, and
+        requests that reach it before it is ready again (at_ns + downtime_ns) are refused."""
+        r = self.replica_index(name)
+        ex = self.executors[r]
+        self.gpus.hung[ex.layout.rank_gpu.ravel()] = False
+        ex.hang_start_ns = None
+        ex.hung_gpus = np.zeros(0, dtype=np.int64)
+        ready_ns = at_ns + downtime_ns
+        self.router.down_until_ns[r] = ready_ns
+        self.engines[r].restart(at_ns, ready_ns)
 
     def run_engines(self, until_ns: int) -> None:
         for engine in self.engines:

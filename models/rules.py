@@ -25,13 +25,18 @@ class Finding:
     impact: str
 
 
+# Lowest severity of a verdict: its severity feature is at (or below) the low end of its
+# range. Readers (e.g. the closed-loop policy) treat it as "the symptom is barely there".
+SEVERITY_FLOOR = 0.05
+
+
 def _severity(cond: Condition, features: dict[str, float]) -> float:
     value = features.get(cond.severity_feature)
     if value is None:
         return 0.5
     span = cond.severity_high - cond.severity_low
     frac = (abs(value) - cond.severity_low) / span if span else 1.0
-    return round(min(1.0, max(0.05, frac)), 4)
+    return round(min(1.0, max(SEVERITY_FLOOR, frac)), 4)
 
 
 def _impact(template: str, features: dict[str, float]) -> str:

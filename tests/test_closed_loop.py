@@ -50,6 +50,14 @@ WRONG = (
         start_s=1.5,
         flap_period_s=1.0,
     ),
+    WrongAttribution(
+        "llama70b-b",
+        "llama70b-b",
+        "kv-cache-pressure",
+        "admission-control",
+        start_s=2.0,
+        flap_period_s=1.2,
+    ),
 )
 WRONG_RUN_S = 16.0
 
@@ -148,14 +156,19 @@ def test_wrong_attribution_is_undone_at_most_once_per_dwell(wrong_runs: dict[str
 def _removed_after_calls(calls: list[ControlCall], base_weight: float = 1.0) -> list[float]:
     """Capacity share removed after each call, from what was really done to the router."""
     weight: dict[str, float] = {}
+    admitted: dict[str, float] = {}
     drained: dict[str, bool] = {}
     out = []
     for call in calls:
         if call.method == "set_router_weight":
             weight[call.args[0]] = float(call.args[1])
+        elif call.method == "set_admission_ratio":
+            admitted[call.args[0]] = float(call.args[1])
         elif call.method in ("drain_replica", "undrain_replica"):
             drained[call.args[0]] = call.method == "drain_replica"
         removed = {r: max(0.0, 1.0 - w / base_weight) for r, w in weight.items()}
+        for r, ratio in admitted.items():
+            removed[r] = min(1.0, removed.get(r, 0.0) + 1.0 - ratio)
         removed |= {r: 1.0 for r, d in drained.items() if d}
         out.append(sum(removed.values()) / 2)
     return out
@@ -172,6 +185,43 @@ def test_capacity_removed_never_exceeds_the_cap(wrong_runs: dict[str, Any]) -> N
         "clamped by the capacity cap" in e["reason"] or e["reason"].startswith("capacity cap")
         for e in run.audit
     )
+
+
+def test_wrong_restart_attribution_is_bounded_by_the_restart_rules(
+    wrong_runs: dict[str, Any],
+) -> None:
+    """A flapping wrong rank-hang restarts the healthy replica once (the price of a wrong
+    attribution), then the crash-loop backoff holds every further restart (refused and
+    audited), and nothing else restarts."""
+    run: EpisodeRun = wrong_runs["on"]
+    restarts = [c for c in run.control_calls if c.method == "restart_replica"]
+    assert [c.args[0] for c in restarts] == ["llama70b-b"]
+    assert FAST_SAFETY.restart_backoff_ns > WRONG_RUN_S * S
+    refused = [
+        e
+        for e in run.audit
+        if e["decision"] == "refuse" and e["action"]["kind"] == ActionKind.RESTART.value
+    ]
+    assert any(e["reason"].startswith("restart backoff") for e in refused)
+    assert all(e["reason"].startswith(("restart backoff", "rate limit")) for e in refused)
+    assert all(e["verdict"]["condition"] == "rank-hang" for e in refused)
+
+
+def test_restart_rules_backoff_and_one_at_a_time() -> None:
+    safety = Safety(SafetyConfig(restart_backoff_ns=60 * S, restart_downtime_ns=20 * S), 3)
+    a, b = Action(ActionKind.RESTART, "r-a"), Action(ActionKind.RESTART, "r-b")
+    assert safety.refusal(a, [], 0) == ""
+    safety.note_apply(0, a)
+    assert safety.refusal(b, [], 10 * S).startswith("restart limit")  # a is still down
+    assert safety.refusal(b, [], 21 * S) == ""
+    assert safety.refusal(a, [], 59 * S).startswith("restart backoff")
+    assert safety.refusal(a, [], 60 * S) == ""
+    safety.note_apply(60 * S, a)
+    assert safety.refusal(a, [], 179 * S).startswith("restart backoff")  # doubled: 120 s
+    assert safety.refusal(a, [], 180 * S) == ""
+    # a restart never adds to removals that already reach the cap elsewhere
+    capped = [Action(ActionKind.DEPRIORITIZE, "r-c", 0.25)]
+    assert safety.refusal(b, capped, 300 * S).startswith("capacity cap")
 
 
 def test_backfill_directive_improves_over_controller_off(
@@ -268,8 +318,39 @@ def test_policy_maps_directives_to_targets() -> None:
         Action(ActionKind.THROTTLE_OFFLOAD, "node01", 0.5),
     )
     assert plan("llama70b-a/rank6", "rank-hang", "restart-rank").actions == (
-        Action(ActionKind.DRAIN, "llama70b-a"),
+        Action(ActionKind.RESTART, "llama70b-a"),
     )
+    kv = {
+        "entity": "llama70b-b",
+        "condition": "kv-cache-pressure",
+        "directive": "admission-control",
+        "deployment": "llama70b-b",
+        "severity": 0.3,
+        "confidence": 1.0,
+    }
+    assert policy.plan(kv).actions == (Action(ActionKind.ADMISSION, "llama70b-b", 0.6),)
+    # a load-class verdict at the floor of its severity scale is advisory
+    assert "floor of its severity scale" in policy.plan({**kv, "severity": 0.05}).advisory
+    # a measured slowdown deprioritizes in proportion (weight kept 1 - slowdown, >= 0.5)
+    straggler = {
+        "entity": "llama70b-a/rank5",
+        "condition": "tp-straggler",
+        "directive": "deprioritize-replica",
+        "deployment": "llama70b-a",
+        "evidence": [{"feature": "nccl.caused_wait_ratio", "value": 0.06}],
+    }
+    assert "under the 10% worth moving load for" in policy.plan(straggler).advisory
+    for slowdown, kept in ((0.12, 0.88), (0.8, 0.5)):
+        verdict = {
+            "entity": "llama70b-a/rank5",
+            "condition": "tp-straggler",
+            "directive": "deprioritize-replica",
+            "deployment": "llama70b-a",
+            "evidence": [{"feature": "nccl.caused_wait_ratio", "value": slowdown}],
+        }
+        assert policy.plan(verdict).actions == (
+            Action(ActionKind.DEPRIORITIZE, "llama70b-a", kept),
+        )
     assert plan("fabric:roce0", "fabric-congestion", "tune-congestion-control").advisory
     assert plan("node01/gpu2", "pcie-degradation", "drain-node").advisory  # config class
 

@@ -2,12 +2,13 @@
 
 An :class:`Action` is a kind and a target (a replica, a node, a NIC port, or the router). Its
 cost is the serving capacity it removes, in replica units (:func:`capacity_units`): a drained
-replica is 1, a replica whose router weight is halved is 0.5, one whose maximum batch is halved
-is 0.5. Fixes that remove no capacity (backfill, re-path, offload throttle, router rebalance)
-cost 0.
+replica is 1, a replica whose router weight is halved is 0.5, one that admits half its new
+requests is 0.5, one whose maximum batch is halved is 0.5. Fixes that remove no capacity
+(backfill, re-path, offload throttle, router rebalance) cost 0.
 
-Reversible actions (drain, deprioritize, reduce batch) are undone once their cause is gone
-and their dwell time has passed (:mod:`sinks.controller.safety`). Fixes are *sticky*: a
+Reversible actions (drain, deprioritize, admission control, reduce batch) are undone once
+their cause is gone and their dwell time has passed (:mod:`sinks.controller.safety`). Fixes
+are *sticky*: a
 resolved verdict means the symptom went away, not that the cause was repaired, so undoing a
 fix would bring the symptom back; they stay until an operator reverts them (the audit log
 lists them).
@@ -15,8 +16,10 @@ lists them).
 :class:`SimActuator` applies actions through the simulator's control surface
 (``producers/sim/control.py``) and records every call it makes (``calls``), so the audit log
 can be checked against what was really done. Limits: it knows router weights only as it set
-them (weights are read from the router once, on first touch); ``restart_rank`` is not
-simulated, so a hung rank is handled by draining its replica.
+them (weights are read from the router once, on first touch). A restart
+(:attr:`ActionKind.RESTART`) takes the replica out for ``restart_downtime_s`` (model reload;
+the router sends it nothing meanwhile) and ends by itself: it is neither reversible nor kept
+as active; :mod:`sinks.controller.safety` limits how often it may happen.
 """
 
 from __future__ import annotations
@@ -31,14 +34,18 @@ from producers.sim.control import Control
 class ActionKind(StrEnum):
     DRAIN = "drain-replica"
     DEPRIORITIZE = "deprioritize-replica"
+    ADMISSION = "admission-control"
     REDUCE_BATCH = "reduce-batch"
+    RESTART = "restart-replica"
     ENABLE_BACKFILL = "enable-backfill"
     REBALANCE_ROUTER = "rebalance-router"
     REPATH = "re-path"
     THROTTLE_OFFLOAD = "throttle-offload"
 
 
-REVERSIBLE = frozenset({ActionKind.DRAIN, ActionKind.DEPRIORITIZE, ActionKind.REDUCE_BATCH})
+REVERSIBLE = frozenset(
+    {ActionKind.DRAIN, ActionKind.DEPRIORITIZE, ActionKind.ADMISSION, ActionKind.REDUCE_BATCH}
+)
 ROUTER_TARGET = "router"
 
 
@@ -46,8 +53,9 @@ ROUTER_TARGET = "router"
 class Action:
     """One action on one target; ``ratio`` is the kind's setting (see :func:`capacity_units`).
 
-    ``ratio``: DEPRIORITIZE, the router weight kept (0.5 halves it); REDUCE_BATCH, the share
-    of the configured maximum batch kept; THROTTLE_OFFLOAD, the share of offload bandwidth
+    ``ratio``: DEPRIORITIZE, the router weight kept (0.5 halves it); ADMISSION, the share of
+    the replica's new requests admitted (the rest are rejected); REDUCE_BATCH, the share of
+    the configured maximum batch kept; THROTTLE_OFFLOAD, the share of offload bandwidth
     kept; unused otherwise.
     """
 
@@ -72,9 +80,9 @@ def capacity_units(action: Action) -> float:
     """Serving capacity the action removes from its replica, in replica units (0..1)."""
     if action.kind is ActionKind.DRAIN:
         return 1.0
-    if action.kind in (ActionKind.DEPRIORITIZE, ActionKind.REDUCE_BATCH):
+    if action.kind in (ActionKind.DEPRIORITIZE, ActionKind.ADMISSION, ActionKind.REDUCE_BATCH):
         return max(0.0, min(1.0, 1.0 - action.ratio))
-    return 0.0
+    return 0.0  # fixes; a restart has its own rules (sinks.controller.safety)
 
 
 class Actuator(Protocol):
@@ -104,9 +112,14 @@ class SimActuator:
     """
 
     def __init__(
-        self, control: Control, router_weights: dict[str, float], max_batch: dict[str, int]
+        self,
+        control: Control,
+        router_weights: dict[str, float],
+        max_batch: dict[str, int],
+        restart_downtime_s: float = 20.0,
     ) -> None:
         self._control = control
+        self.restart_downtime_s = restart_downtime_s
         self._base_weight = dict(router_weights)
         self._factor: dict[str, float] = {}
         self._max_batch = dict(max_batch)
@@ -127,6 +140,10 @@ class SimActuator:
         elif kind is ActionKind.DEPRIORITIZE:
             self._factor[target] = action.ratio
             self._set_weight(at_ns, action, False, target)
+        elif kind is ActionKind.ADMISSION:
+            self._call(at_ns, action, False, "set_admission_ratio", target, action.ratio)
+        elif kind is ActionKind.RESTART:
+            self._call(at_ns, action, False, "restart_replica", target, self.restart_downtime_s)
         elif kind is ActionKind.REDUCE_BATCH:
             cap = self._replica_max_batch(target)
             self._call(
@@ -152,6 +169,8 @@ class SimActuator:
         elif kind is ActionKind.DEPRIORITIZE:
             self._factor.pop(target, None)
             self._set_weight(at_ns, action, True, target)
+        elif kind is ActionKind.ADMISSION:
+            self._call(at_ns, action, True, "set_admission_ratio", target, 1.0)
         elif kind is ActionKind.REDUCE_BATCH:
             self._call(
                 at_ns, action, True, "set_max_batch", target, self._replica_max_batch(target)

@@ -11,6 +11,7 @@ It never looks inside the pipeline: everything it knows comes from
    advisory. Under ``FailPolicy.CLOSED`` a replica whose health is ``unknown`` (its data went
    stale, or Redis is unreachable) is wanted deprioritized; under ``OPEN`` (default) unknown
    changes nothing. A replica that never reported is not treated as unknown (start-up).
+   A restart is applied once and ends by itself (its own safety limits apply).
 2. **Undo.** An active reversible action that no current verdict asks for is undone once its
    dwell has passed, unless its replica's health is ``unknown`` (then nobody can tell whether
    the cause is gone: hold). Sticky fixes are never undone (:mod:`sinks.controller.actions`).
@@ -247,9 +248,10 @@ class Controller:
                 continue
             if not self.config.dry_run:
                 self.actuator.apply(action, now_ns)
-            self.safety.note_apply(now_ns)
+            self.safety.note_apply(now_ns, action)
             dwell = self.safety.dwell_ns(action)
-            self.active[key] = ActiveAction(action, now_ns, dwell, dict(cause))
+            if action.kind is not ActionKind.RESTART:  # a restart ends by itself
+                self.active[key] = ActiveAction(action, now_ns, dwell, dict(cause))
             applied += 1
             note = str(cause.get("directive", ""))
             if action != wanted_action:

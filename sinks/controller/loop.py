@@ -191,6 +191,7 @@ def _closed_loop(
             for n, w in zip(sim.world.router.names, sim.world.router.weights, strict=True)
         },
         {e.name: int(e.max_num_seqs) for e in sim.world.engines},
+        restart_downtime_s=config.controller.safety.restart_downtime_ns / 1e9,
     )
     controller_config = dataclasses.replace(config.controller, dry_run=config.mode is Mode.DRY_RUN)
     client = SchedulerClient(

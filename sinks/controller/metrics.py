@@ -16,7 +16,9 @@
   and FINISHED events; TPOT is a difference of two stamps of one host clock, so the clock's
   offset cancels; a finish is placed at the end of the chunk that reported it). Requests that
   arrive in the last ``slo.tail_s`` are not judged (they may not finish even when all is
-  well); the rate is over the judged arrival span.
+  well); the rate is over the judged arrival span. Requests that admission control rejected
+  (HTTP 429) never meet the SLO: they count in ``slo_met_ratio``'s denominator and in
+  ``rejected_ratio``, and have no TTFT.
 * **GPU idle**: 1 - ``gpu_util_ratio`` of the emitted GpuSampleFrames, averaged over GPUs and
   samples (sample loss drops a few samples; the mean does not need them).
 
@@ -27,7 +29,7 @@ Requests are judged by arrival time, so every mode of one episode judges the sam
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,8 @@ class RequestTable:
     tpot_ns: np.ndarray  # -1: not finished
     output_tokens: np.ndarray
     replica: np.ndarray
+    # arrival of requests admission control rejected (never reached an engine)
+    rejected_arrival_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ def requests_of(sim: Simulation, meter: RequestMeter) -> RequestTable:
         cols["out"].append(out)
         cols["replica"].append(np.full(n, r, dtype=np.int64))
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+    rejected = [t for t, _ in sim.world.rejected]
     return RequestTable(
         cat["arrival"].astype(np.int64),
         cat["first"].astype(np.int64),
@@ -127,6 +132,7 @@ def requests_of(sim: Simulation, meter: RequestMeter) -> RequestTable:
         cat["tpot"],
         cat["out"].astype(np.int64),
         cat["replica"].astype(np.int64),
+        np.concatenate(rejected).astype(np.int64) if rejected else np.zeros(0, np.int64),
     )
 
 
@@ -230,6 +236,7 @@ class EpisodeMetrics:
     throughput_tokens_per_s: float
     slo_met_ratio: float
     gpu_idle_ratio: float
+    rejected_ratio: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -262,6 +269,9 @@ def episode_metrics(
             f"{slo.tail_s:g} s: nothing can be judged; run longer or lower tail_s"
         )
     judged = (req.arrival_ns >= start_ns) & (req.arrival_ns < judged_until)
+    rej = req.rejected_arrival_ns
+    rejected = int(((rej >= start_ns) & (rej < judged_until)).sum())
+    offered = int(judged.sum()) + rejected
     ttft = _ttft_ns(req, end_ns)[judged]
     met = _slo_met(req, end_ns, slo) & judged
     span_s = (judged_until - start_ns) / S
@@ -275,8 +285,9 @@ def episode_metrics(
         itl_p99_ms=weighted_quantile(durs, toks, 0.99) / 1e6,
         goodput_tokens_per_s=float(req.output_tokens[met].sum()) / span_s,
         throughput_tokens_per_s=float(toks.sum()) / ((end_ns - start_ns) / S),
-        slo_met_ratio=float(met.sum() / judged.sum()) if judged.any() else float("nan"),
+        slo_met_ratio=float(met.sum() / offered) if offered else float("nan"),
         gpu_idle_ratio=gpu.idle_ratio(),
+        rejected_ratio=rejected / offered if offered else 0.0,
     )
 
 

@@ -50,14 +50,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.rules import SEVERITY_FLOOR
 from sinks.controller.actions import ROUTER_TARGET, Action, ActionKind
 
 DIRECTIVE_ACTIONS: dict[str, tuple[ActionKind, ...]] = {
     "deprioritize-replica": (ActionKind.DEPRIORITIZE,),
     "drain-node": (ActionKind.DEPRIORITIZE,),
-    "restart-rank": (ActionKind.DRAIN,),
+    "restart-rank": (ActionKind.RESTART,),
     "enable-backfill": (ActionKind.ENABLE_BACKFILL,),
-    "admission-control": (ActionKind.DEPRIORITIZE,),
+    "admission-control": (ActionKind.ADMISSION,),
     "length-aware-routing": (ActionKind.DEPRIORITIZE,),
     "rebalance-router": (ActionKind.REBALANCE_ROUTER,),
     "throttle-offload": (ActionKind.THROTTLE_OFFLOAD,),
@@ -68,7 +69,14 @@ DIRECTIVE_ACTIONS: dict[str, tuple[ActionKind, ...]] = {
 }
 
 _REPLICA_KINDS = frozenset(
-    {ActionKind.DRAIN, ActionKind.DEPRIORITIZE, ActionKind.REDUCE_BATCH, ActionKind.ENABLE_BACKFILL}
+    {
+        ActionKind.DRAIN,
+        ActionKind.DEPRIORITIZE,
+        ActionKind.ADMISSION,
+        ActionKind.REDUCE_BATCH,
+        ActionKind.RESTART,
+        ActionKind.ENABLE_BACKFILL,
+    }
 )
 
 
@@ -77,6 +85,21 @@ class PolicyConfig:
     """Settings of the actions (ratios are what is *kept*: 0.5 halves)."""
 
     deprioritize_weight_ratio: float = 0.75
+    # A verdict whose evidence measures the replica's slowdown (the share of its step time
+    # spent waiting for the culprit) deprioritizes in proportion: weight kept = 1 - slowdown,
+    # never below min_weight_ratio. The replica keeps the load its remaining speed carries
+    # instead of handing a fixed share to peers that may have no headroom.
+    slowdown_features: tuple[str, ...] = ("nccl.caused_wait_ratio",)
+    min_weight_ratio: float = 0.5
+    # ...and below this slowdown it is advisory: shifting a few percent of the load re-draws
+    # which requests land where and costs more than it recovers (tp-straggler at its
+    # reference severity: 6 % slowdown, goodput -0.7 % and p99 ITL +1.9 % when acted on).
+    min_slowdown_ratio: float = 0.1
+    # Load-class verdicts (kv-cache-pressure, request-length-skew, ingress-imbalance) at the
+    # floor of their severity scale (harm at the edge of the SLO) are advisory: moving or
+    # shedding load for them cost more than the harm (clean runs: goodput -1.6 %).
+    act_on_load_floor: bool = False
+    admission_ratio: float = 0.6
     reduce_batch_ratio: float = 0.5
     throttle_offload_ratio: float = 0.5
     drain_node_as: ActionKind = ActionKind.DEPRIORITIZE  # or ActionKind.DRAIN
@@ -86,7 +109,17 @@ class PolicyConfig:
     min_score: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("deprioritize_weight_ratio", "reduce_batch_ratio", "throttle_offload_ratio"):
+        if not 0.0 <= self.min_slowdown_ratio < 1.0:
+            raise ValueError(
+                f"policy min_slowdown_ratio={self.min_slowdown_ratio} must be in [0, 1)"
+            )
+        for name in (
+            "deprioritize_weight_ratio",
+            "min_weight_ratio",
+            "admission_ratio",
+            "reduce_batch_ratio",
+            "throttle_offload_ratio",
+        ):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"policy {name}={value} must be in (0, 1]; it is the share kept")
@@ -185,7 +218,18 @@ class Policy:
                 f"{verdict.get('condition')} is a {latency_class}-class condition: maintenance, "
                 f"not automatic action ({verdict.get('directive_text', directive)})",
             )
-        score = float(verdict.get("severity") or 0.0) * float(verdict.get("confidence") or 0.0)
+        severity = float(verdict.get("severity") or 0.0)
+        if (
+            latency_class == "load"
+            and not self.config.act_on_load_floor
+            and severity <= SEVERITY_FLOOR
+        ):
+            return Plan(
+                (),
+                f"{verdict.get('condition')} at the floor of its severity scale "
+                f"({severity:g}): the harm is at the SLO's edge, moving load costs more",
+            )
+        score = severity * float(verdict.get("confidence") or 0.0)
         if score < self.config.min_score:
             return Plan(
                 (),
@@ -201,12 +245,23 @@ class Policy:
             )
         if directive == "drain-node":
             kinds = (self.config.drain_node_as,)
+        slowdown = _evidence_value(verdict, self.config.slowdown_features)
+        if (
+            ActionKind.DEPRIORITIZE in kinds
+            and slowdown is not None
+            and slowdown < self.config.min_slowdown_ratio
+        ):
+            return Plan(
+                (),
+                f"replica slowed by {slowdown:.1%}, under the {self.config.min_slowdown_ratio:.0%} "
+                f"worth moving load for: {verdict.get('directive_text', directive)}",
+            )
         actions: list[Action] = []
         for kind in kinds:
             targets = self._targets(kind, entity, str(verdict.get("deployment", "")))
             if not targets:
                 return Plan((), f"directive {directive!r}: cannot place {entity!r} for {kind}")
-            actions += [Action(kind, t, self._ratio(kind)) for t in targets]
+            actions += [Action(kind, t, self._ratio(kind, verdict)) for t in targets]
         return Plan(tuple(actions))
 
     def _targets(self, kind: ActionKind, entity: str, deployment: str) -> list[str]:
@@ -223,10 +278,25 @@ class Policy:
             return [node] if node else []
         return []
 
-    def _ratio(self, kind: ActionKind) -> float:
+    def _ratio(self, kind: ActionKind, verdict: Mapping[str, Any]) -> float:
         c = self.config
+        if kind is ActionKind.DEPRIORITIZE:
+            slowdown = _evidence_value(verdict, c.slowdown_features)
+            if slowdown is not None:
+                return round(max(c.min_weight_ratio, min(1.0, 1.0 - slowdown)), 4)
         return {
             ActionKind.DEPRIORITIZE: c.deprioritize_weight_ratio,
+            ActionKind.ADMISSION: c.admission_ratio,
             ActionKind.REDUCE_BATCH: c.reduce_batch_ratio,
             ActionKind.THROTTLE_OFFLOAD: c.throttle_offload_ratio,
         }.get(kind, 1.0)
+
+
+def _evidence_value(verdict: Mapping[str, Any], features: tuple[str, ...]) -> float | None:
+    """The first of ``features`` found in the verdict's evidence (None when none is)."""
+    for item in verdict.get("evidence") or ():
+        if item.get("feature") in features:
+            value = float(item.get("value", float("nan")))
+            if value == value:  # not nan
+                return max(0.0, value)
+    return None

@@ -13,6 +13,14 @@
   flaps gets slower and slower answers instead of an oscillation.
 * **Re-apply cooldown**: after an undo the same action waits ``reapply_cooldown_ns`` before it
   may come back, so an undo is never followed at once by the same action.
+* **Restarts** (a hung rank's replica is restarted) are not counted in the capacity cap, as a
+  liveness restart is not a voluntary disruption: the replica the verdict names has stopped
+  serving already. A wrong attribution could restart a serving replica, so restarts have their
+  own limits: at most ``max_concurrent_restarts`` replicas restarting (within
+  ``restart_downtime_ns``) fleet-wide, never while the others' capacity removed by actions
+  is at the cap, and a crash-loop backoff per replica: after a restart the same replica
+  waits ``restart_backoff_ns``, doubling with each further restart (up to
+  ``max_restart_backoff_ns``).
 
 Limits: capacity is counted in replica units, not in requests per second: it does not know
 that one replica is bigger or busier than another.
@@ -41,6 +49,10 @@ class SafetyConfig:
     dwell_backoff_factor: float = 2.0
     max_dwell_ns: int = 120 * S
     reapply_cooldown_ns: int = 5 * S
+    max_concurrent_restarts: int = 1
+    restart_downtime_ns: int = 20 * S
+    restart_backoff_ns: int = 60 * S
+    max_restart_backoff_ns: int = 30 * 60 * S
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_capacity_removed_ratio < 1.0:
@@ -59,6 +71,13 @@ class SafetyConfig:
             )
         if self.dwell_backoff_factor < 1.0 or self.reapply_cooldown_ns < 0:
             raise ValueError("dwell_backoff_factor must be >= 1 and reapply_cooldown_ns >= 0")
+        if self.max_concurrent_restarts < 0 or self.restart_downtime_ns < 0:
+            raise ValueError("max_concurrent_restarts and restart_downtime_ns must be >= 0")
+        if not 0 < self.restart_backoff_ns <= self.max_restart_backoff_ns:
+            raise ValueError(
+                f"restart backoff {self.restart_backoff_ns}..{self.max_restart_backoff_ns} ns: "
+                "need 0 < backoff <= max"
+            )
 
 
 def removed_ratio(actions: Iterable[Action], replica_count: int) -> float:
@@ -82,6 +101,30 @@ class Safety:
         self._applied_at: deque[int] = deque()
         self._undos: dict[tuple[str, str], int] = {}
         self._undone_at: dict[tuple[str, str], int] = {}
+        self._restarts: dict[str, list[int]] = {}  # replica -> restart times
+
+    def restarting(self, now_ns: int) -> list[str]:
+        """Replicas restarted less than the restart downtime ago."""
+        down = self.config.restart_downtime_ns
+        return sorted(r for r, ts in self._restarts.items() if now_ns - ts[-1] < down)
+
+    def _restart_refusal(self, action: Action, active: Iterable[Action], now_ns: int) -> str:
+        c = self.config
+        past = self._restarts.get(action.target, [])
+        if past:
+            backoff = min(c.max_restart_backoff_ns, c.restart_backoff_ns * 2 ** (len(past) - 1))
+            if now_ns - past[-1] < backoff:
+                return (
+                    f"restart backoff: {action.target} restarted {(now_ns - past[-1]) / S:.1f} s "
+                    f"ago ({len(past)} restarts, backoff {backoff / S:g} s)"
+                )
+        busy = [r for r in self.restarting(now_ns) if r != action.target]
+        if len(busy) >= c.max_concurrent_restarts:
+            return f"restart limit: {', '.join(busy) or 'none allowed'} restarting"
+        others = removed_ratio([a for a in active if a.target != action.target], 1)
+        if others > 0 and others >= c.max_capacity_removed_ratio * self.replica_count - 1e-9:
+            return "capacity cap: actions on other replicas already remove the capped share"
+        return ""
 
     def refusal(self, action: Action, active: Iterable[Action], now_ns: int) -> str:
         """Why ``action`` may not be applied now ('' when it may)."""
@@ -97,6 +140,8 @@ class Safety:
                 f"rate limit: {len(self._applied_at)} actions in the last "
                 f"{c.rate_window_ns / S:g} s (max {c.max_actions_per_window})"
             )
+        if action.kind is ActionKind.RESTART:
+            return self._restart_refusal(action, active, now_ns)
         after = removed_ratio([*active, action], self.replica_count)
         if after > c.max_capacity_removed_ratio + 1e-9:
             return (
@@ -132,8 +177,10 @@ class Safety:
         undos = self._undos.get(action.key, 0)
         return int(min(c.max_dwell_ns, c.min_dwell_ns * c.dwell_backoff_factor**undos))
 
-    def note_apply(self, now_ns: int) -> None:
+    def note_apply(self, now_ns: int, action: Action | None = None) -> None:
         self._applied_at.append(now_ns)
+        if action is not None and action.kind is ActionKind.RESTART:
+            self._restarts.setdefault(action.target, []).append(now_ns)
 
     def note_undo(self, action: Action, now_ns: int) -> None:
         self._undos[action.key] = self._undos.get(action.key, 0) + 1

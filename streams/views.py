@@ -57,7 +57,17 @@ class WindowInputs:
     frontend_node: dict[str, str] = field(default_factory=dict)  # deployment -> node
 
 
+_AGGREGATE_SUFFIXES = ("_min", "_max", "_mean")
+
+
 def _floor(feature: str) -> float:
+    """Denominator floor of a peer ratio, by the feature's unit (named in its suffix; an
+    aggregate's suffix such as ``_min`` is looked through: ``arrival_to_prefill_s_min`` is
+    in seconds)."""
+    for suffix in _AGGREGATE_SUFFIXES:
+        if feature.endswith(suffix):
+            feature = feature[: -len(suffix)]
+            break
     if feature.endswith("_per_s"):
         # Event rates: a handful of background events per second must not become a ratio of
         # hundreds against a median of zero.

@@ -41,7 +41,9 @@ from streams.topology import Topology
 from streams.watermark import WatermarkTracker
 
 MAGIC = b"SKCK"
-FORMAT_VERSION = 1
+# 2: request windows gained arrival_to_prefill_s_per_ktok_min (a version-1 checkpoint's
+# panes lack that column: refused, the shard starts fresh from committed offsets)
+FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 

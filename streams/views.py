@@ -72,7 +72,7 @@ def _floor(feature: str) -> float:
         # Event rates: a handful of background events per second must not become a ratio of
         # hundreds against a median of zero.
         return PEER_RATIO_FLOOR["events_per_s"]
-    if feature.endswith("_s"):
+    if feature.endswith("_s") or "_s_per_" in feature:
         return PEER_RATIO_FLOOR["s"]
     if "bytes" in feature:
         return PEER_RATIO_FLOOR["bytes"]
@@ -333,6 +333,7 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
             "requests.prefill_s",
             "requests.arrival_to_prefill_s",
             "requests.arrival_to_prefill_s_min",
+            "requests.arrival_to_prefill_s_per_ktok_min",
         ],
     )
     return out

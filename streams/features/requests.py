@@ -66,6 +66,9 @@ class RequestExtractor(Extractor):
         "queue_delay_s_max": "max",
         "arrival_to_prefill_s": "mean",
         "arrival_to_prefill_s_min": "min",
+        # the same gap per 1,000 prompt tokens: tokenization grows with the prompt, so a
+        # replica that got long prompts is not mistaken for one with slow pre-processing
+        "arrival_to_prefill_s_per_ktok_min": "min",
         "prefill_s": "mean",
         "decode_tokens_per_s": "mean",
         "request_preemptions": "sum",
@@ -144,8 +147,15 @@ class RequestExtractor(Extractor):
         elif kind == PREFILL_START and req.prefill_start_ns < 0:
             req.prefill_start_ns = ts
             gap_s = (ts - req.arrived_ns) / 1e9
+            per_ktok_s = gap_s * 1000.0 / max(req.prompt_tokens, 1)
             self.store.add_one(
-                pane, deployment, {"arrival_to_prefill_s": gap_s, "arrival_to_prefill_s_min": gap_s}
+                pane,
+                deployment,
+                {
+                    "arrival_to_prefill_s": gap_s,
+                    "arrival_to_prefill_s_min": gap_s,
+                    "arrival_to_prefill_s_per_ktok_min": per_ktok_s,
+                },
             )
         elif kind == FIRST_TOKEN and req.first_token_ns < 0:
             req.first_token_ns = ts

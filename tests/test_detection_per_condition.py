@@ -1,0 +1,65 @@
+"""Each runbook condition yields its verdict on its bundled scenario; each look-alike yields
+none of the condition it imitates (detector core in process, no broker).
+
+The randomized suite (``skewscope evaluate --suite``, docs/results/evaluate.md) measures the
+rates; these tests pin one deterministic episode per condition and per look-alike, so a
+change that breaks a condition outright fails here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from models.detector import Detector
+from models.runbook import load_runbook
+from producers.sim import Simulation, load_scenario
+from producers.sim.suite import CONDITIONS, make_suite
+
+SECONDS = 20.0
+CONDITION_IDS = [c.id for c in load_runbook().conditions]
+
+
+def _firing(scenario: Any, seed: int, seconds: float) -> tuple[Simulation, list[dict]]:
+    sim = Simulation(scenario, seed=seed)
+    det = Detector()
+    for record in sim.topology:
+        det.process("TopologyRecord", record)
+    out = []
+    for frame in sim.frames(duration_s=seconds):
+        out += [o.record for o in det.process(frame.schema, frame.record)]
+    out += [o.record for o in det.flush()]
+    return sim, [v for v in out if v["condition"] != "heartbeat" and v["state"] == "firing"]
+
+
+@pytest.mark.parametrize("condition", CONDITION_IDS)
+def test_condition_yields_its_verdict_on_the_labelled_entity(condition: str) -> None:
+    sim, firing = _firing(load_scenario(condition), seed=1, seconds=SECONDS)
+    labels = [x for x in sim.labels if x["condition"] == condition]
+    assert labels, f"the bundled {condition} scenario injects no {condition}"
+    onset_ns = min(x["onset_ns"] for x in labels)
+    entities = {x["entity"] for x in labels}
+    hits = [
+        v
+        for v in firing
+        if v["condition"] == condition
+        and v["last_seen_ns"] >= onset_ns
+        and (v["entity"] in entities or any(v["entity"].startswith(e + "/") for e in entities))
+    ]
+    named = sorted({(v["entity"], v["condition"]) for v in firing})
+    assert hits, f"no {condition} verdict on {sorted(entities)}; firing: {named}"
+
+
+def _lookalikes() -> list[Any]:
+    suite = make_suite(episodes_per_condition=3, seed=0, duration_s=SECONDS)
+    return [pytest.param(e, id=e.episode_id) for e in suite if e.lookalike]
+
+
+@pytest.mark.parametrize("episode", _lookalikes())
+def test_lookalike_yields_no_verdict_of_the_condition_it_imitates(episode: Any) -> None:
+    imitated = episode.episode_id.rsplit("-look-", 1)[0]
+    assert imitated in CONDITIONS
+    _, firing = _firing(episode.scenario, episode.seed, episode.duration_s)
+    wrong = sorted({v["entity"] for v in firing if v["condition"] == imitated})
+    assert not wrong, f"{episode.faults[0].kind} read as {imitated} on {wrong}"

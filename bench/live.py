@@ -33,7 +33,6 @@ import bisect
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -60,6 +59,7 @@ from sinks.connection import connect
 from skewscope.config import Settings, load_settings
 from skewscope.kafka.client_config import base_config
 from skewscope.kafka.producer import EventProducer
+from skewscope.process import stop_process
 
 CHUNK_NS = 100_000_000
 WORKER_BATCH = 2000
@@ -96,13 +96,7 @@ def _spawn(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    stop_process(proc)
 
 
 def _status(port: int) -> dict[str, Any] | None:

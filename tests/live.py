@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from infra.topics import ensure_topics
 from skewscope.config import Settings, Topics
 from skewscope.kafka.consumer import DecodingConsumer, Event
+from skewscope.process import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,11 @@ def env_for(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def worker(settings: Settings, web_port: int, app_id: str = "") -> Iterator[subprocess.Popen[str]]:
-    """Run ``skewscope worker`` in a subprocess; stop it (SIGTERM, then SIGKILL) afterwards."""
+    """Run ``skewscope worker`` in a subprocess; stop it (SIGTERM, then SIGKILL) afterwards.
+
+    Its output goes to a file, not a pipe nobody drains: a chatty worker (reconnecting after
+    a broker restart) would otherwise fill the pipe and block. When the body fails, the tail
+    of that file is printed (pytest shows it with the failure)."""
     app_id = app_id or f"worker-{uuid.uuid4().hex[:8]}"
     cmd = [
         sys.executable,
@@ -60,8 +64,6 @@ def worker(settings: Settings, web_port: int, app_id: str = "") -> Iterator[subp
         str(web_port),
         "--quiet",
     ]
-    # Output goes to a file, not a pipe nobody drains: a chatty worker (reconnecting after a
-    # broker restart) would otherwise fill the pipe and block.
     with tempfile.NamedTemporaryFile("w+", prefix="worker-", suffix=".log", delete=False) as log:
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env_for(settings), stdout=log, stderr=subprocess.STDOUT, text=True
@@ -69,14 +71,11 @@ def worker(settings: Settings, web_port: int, app_id: str = "") -> Iterator[subp
     proc.log_path = log.name  # type: ignore[attr-defined]
     try:
         yield proc
+    except BaseException:
+        print(f"worker {app_id} log (tail):\n{Path(log.name).read_text()[-4000:]}")
+        raise
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
 
 
 def consume_until(

@@ -13,14 +13,11 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -37,41 +34,13 @@ from skewscope.kafka.consumer import Event
 from skewscope.kafka.producer import EventProducer
 from streams.checkpoint import read_checkpoint
 from streams.topology import Topology
-from tests.live import REPO, consume_until, env_for
+from tests.live import consume_until, worker
 from tests.synthetic import T0_NS, collective_frames, topology
 
 HOP_NS = DetectorConfig().window.hop_ns
 INTERVAL_WINDOWS = 4  # the worker's default checkpoint interval
 Frame = tuple[str, str, dict[str, Any]]  # (deployment key, schema, record)
 VerdictId = tuple[str, int]  # (entity, version)
-
-
-@contextmanager
-def worker(settings: Settings, web_port: int, app_id: str = "") -> Iterator[subprocess.Popen[str]]:
-    """``skewscope worker`` logging to a file, not a pipe: a broker outage makes the clients
-    log a lot, and a pipe nobody reads would block the worker on its log writes."""
-    app_id = app_id or f"worker-{uuid.uuid4().hex[:8]}"
-    cmd = [sys.executable, "-m", "skewscope.cli", "worker", "--app-id", app_id,
-           "--web-port", str(web_port), "--quiet"]  # fmt: skip
-    with tempfile.TemporaryFile("w+") as log_file:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env_for(settings), stdout=log_file, stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        try:
-            yield proc
-        except BaseException:
-            log_file.seek(0)
-            print(f"worker {app_id} log (tail):\n{log_file.read()[-4000:]}")
-            raise
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
 
 
 def _isolated(settings: Settings, partitions: int) -> Settings:

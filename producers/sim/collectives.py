@@ -152,6 +152,12 @@ class Executor:
         self.last_step_ns = 0.0
         self.gpu_node = layout.rank_node  # [pp, tp]
 
+    def end_hang(self) -> None:
+        """The ranks' processes were restarted: no rank of this deployment hangs any more."""
+        self.gpus.hung[self.layout.rank_gpu.ravel()] = False
+        self.hang_start_ns = None
+        self.hung_gpus = np.zeros(0, dtype=np.int64)
+
     # -- one step ----------------------------------------------------------------------
     def step(
         self,

@@ -128,12 +128,7 @@ class Engine:
         lose their KV and return to the head of the queue (recompute), a stall is over."""
         running = np.flatnonzero(self.slot_req >= 0)
         for slot in running[np.argsort(-self.slot_order[running])]:
-            req = int(self.slot_req[slot])
-            done = self.req_out_done[req] = int(self.slot_out[slot])
-            self.events.append((req, PREEMPTED, at_ns, self.req_prompt[req], done))
-            self.preemptions_total += 1
-            self.waiting.appendleft(req)
-        self.slot_req[:] = -1
+            self._preempt(int(slot), at_ns)
         self.slot_kv[:] = 0
         self.slot_prefill[:] = 0
         self.stalled = False
@@ -185,13 +180,18 @@ class Engine:
             if blocks <= self.kv_capacity_blocks or active.sum() <= 1:
                 return active
             victim = int(np.flatnonzero(active)[np.argmax(self.slot_order[active])])
-            req = int(self.slot_req[victim])
-            self.req_out_done[req] = int(self.slot_out[victim])
-            self.events.append((req, PREEMPTED, t, self.req_prompt[req], self.req_out_done[req]))
-            self.preemptions_total += 1
-            self.slot_req[victim] = -1
+            self._preempt(victim, t)
             new_tokens[victim] = 0
-            self.waiting.appendleft(req)
+
+    def _preempt(self, slot: int, t: int) -> None:
+        """Free the slot; its request keeps the tokens generated so far and returns to the
+        head of the queue, to recompute its KV when it is admitted again."""
+        req = int(self.slot_req[slot])
+        done = self.req_out_done[req] = int(self.slot_out[slot])
+        self.events.append((req, PREEMPTED, t, self.req_prompt[req], done))
+        self.preemptions_total += 1
+        self.slot_req[slot] = -1
+        self.waiting.appendleft(req)
 
     def _step(self) -> None:
         t0 = self.t_ns

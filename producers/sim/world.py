@@ -106,10 +106,7 @@ class World:
         (its GPUs no longer hang), sequences in flight are recomputed after the restart, and
         requests that reach it before it is ready again (at_ns + downtime_ns) are refused."""
         r = self.replica_index(name)
-        ex = self.executors[r]
-        self.gpus.hung[ex.layout.rank_gpu.ravel()] = False
-        ex.hang_start_ns = None
-        ex.hung_gpus = np.zeros(0, dtype=np.int64)
+        self.executors[r].end_hang()
         ready_ns = at_ns + downtime_ns
         self.router.down_until_ns[r] = ready_ns
         self.engines[r].restart(at_ns, ready_ns)

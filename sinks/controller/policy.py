@@ -261,7 +261,7 @@ class Policy:
             targets = self._targets(kind, entity, str(verdict.get("deployment", "")))
             if not targets:
                 return Plan((), f"directive {directive!r}: cannot place {entity!r} for {kind}")
-            actions += [Action(kind, t, self._ratio(kind, verdict)) for t in targets]
+            actions += [Action(kind, t, self._ratio(kind, slowdown)) for t in targets]
         return Plan(tuple(actions))
 
     def _targets(self, kind: ActionKind, entity: str, deployment: str) -> list[str]:
@@ -278,12 +278,11 @@ class Policy:
             return [node] if node else []
         return []
 
-    def _ratio(self, kind: ActionKind, verdict: Mapping[str, Any]) -> float:
+    def _ratio(self, kind: ActionKind, slowdown: float | None) -> float:
+        """The action's ratio; a deprioritization keeps 1 - the verdict's measured slowdown."""
         c = self.config
-        if kind is ActionKind.DEPRIORITIZE:
-            slowdown = _evidence_value(verdict, c.slowdown_features)
-            if slowdown is not None:
-                return round(max(c.min_weight_ratio, min(1.0, 1.0 - slowdown)), 4)
+        if kind is ActionKind.DEPRIORITIZE and slowdown is not None:
+            return round(max(c.min_weight_ratio, min(1.0, 1.0 - slowdown)), 4)
         return {
             ActionKind.DEPRIORITIZE: c.deprioritize_weight_ratio,
             ActionKind.ADMISSION: c.admission_ratio,

@@ -8,6 +8,7 @@ does not report a field) are skipped, not counted as zero.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -51,19 +52,22 @@ class PaneStore:
     def __post_init__(self) -> None:
         self._index = {name: i for i, name in enumerate(self.feature_names)}
 
-    def add_rows(self, panes: np.ndarray, entities: Sequence[str], values: np.ndarray) -> None:
+    def add_rows(
+        self, panes: np.ndarray, entities: Sequence[str] | str, values: np.ndarray
+    ) -> None:
         """Add rows: ``panes[i]`` and ``entities[i]`` locate row ``values[i, :]``.
 
-        ``values`` has one column per feature, in ``feature_names`` order; NaN means absent.
+        ``entities`` is one name per row, or one name for every row (the common case of a
+        frame of one entity, which skips the grouping sort). ``values`` has one column per
+        feature, in ``feature_names`` order; NaN means absent.
         """
         if len(panes) == 0:
             return
         keys = np.asarray(panes, dtype=np.int64)
+        if isinstance(entities, str):
+            self._add_one_entity(keys, entities, values)
+            return
         ent = np.asarray(entities, dtype=object)
-        finite = np.isfinite(values)
-        clean = np.where(finite, values, 0.0)
-        high_src = np.where(finite, values, -np.inf)
-        low_src = np.where(finite, values, np.inf)
         # Group rows by (pane, entity); frames hold few groups, so a loop over groups is cheap.
         order = np.lexsort((ent.astype(str), keys))
         keys_sorted, ent_sorted = keys[order], ent[order]
@@ -72,25 +76,65 @@ class PaneStore:
         )
         starts = np.concatenate(([0], boundaries + 1))
         ends = np.concatenate((boundaries + 1, [len(order)]))
+        finite = np.isfinite(values)
+        clean = np.where(finite, values, 0.0)
+        high_src = np.where(finite, values, -np.inf)
+        low_src = np.where(finite, values, np.inf)
         for start, end in zip(starts, ends, strict=True):
             rows = order[start:end]
-            pane = int(keys_sorted[start])
-            entity = str(ent_sorted[start])
-            cell = self.cells.setdefault(pane, {}).get(entity)
-            if cell is None:
-                cell = Cell.empty(len(self.feature_names))
-                self.cells[pane][entity] = cell
+            cell = self._cell(int(keys_sorted[start]), str(ent_sorted[start]))
             cell.total += clean[rows].sum(axis=0)
             cell.count += finite[rows].sum(axis=0)
             np.maximum(cell.high, high_src[rows].max(axis=0), out=cell.high)
             np.minimum(cell.low, low_src[rows].min(axis=0), out=cell.low)
 
+    def _add_one_entity(self, keys: np.ndarray, entity: str, values: np.ndarray) -> None:
+        # Row-major, so a column's sum adds rows in order whatever the caller's layout (the
+        # summation order, and so the last bit, must not depend on it).
+        values = np.ascontiguousarray(values)
+        finite = np.isfinite(values)
+        clean = np.where(finite, values, 0.0)
+        high_src = np.where(finite, values, -np.inf)
+        low_src = np.where(finite, values, np.inf)
+        if keys[0] == keys[-1] and (len(keys) < 3 or bool((keys == keys[0]).all())):
+            groups: Iterable[tuple[int, slice | np.ndarray]] = [(int(keys[0]), slice(None))]
+        else:
+            order = np.argsort(keys, kind="stable")
+            ordered = keys[order]
+            cuts = np.flatnonzero(np.diff(ordered)) + 1
+            groups = [
+                (int(ordered[rows[0]]), order[rows])
+                for rows in np.split(np.arange(len(ordered)), cuts)
+            ]
+        for pane, rows in groups:
+            cell = self._cell(pane, entity)
+            cell.total += clean[rows].sum(axis=0)
+            cell.count += finite[rows].sum(axis=0)
+            np.maximum(cell.high, high_src[rows].max(axis=0), out=cell.high)
+            np.minimum(cell.low, low_src[rows].min(axis=0), out=cell.low)
+
+    def _cell(self, pane: int, entity: str) -> Cell:
+        by_entity = self.cells.get(pane)
+        if by_entity is None:
+            by_entity = self.cells[pane] = {}
+        cell = by_entity.get(entity)
+        if cell is None:
+            cell = by_entity[entity] = Cell.empty(len(self.feature_names))
+        return cell
+
     def add_one(self, pane: int, entity: str, values: dict[str, float]) -> None:
-        """Add one row given as a mapping (slow path, for low-rate joined outputs)."""
-        row = np.full((1, len(self.feature_names)), np.nan)
+        """Add one row given as a mapping (for low-rate joined outputs); NaN means absent."""
+        cell = self._cell(pane, entity)
         for name, value in values.items():
-            row[0, self._index[name]] = value
-        self.add_rows(np.array([pane]), [entity], row)
+            if not math.isfinite(value):
+                continue
+            i = self._index[name]
+            cell.total[i] += value
+            cell.count[i] += 1.0
+            if value > cell.high[i]:
+                cell.high[i] = value
+            if value < cell.low[i]:
+                cell.low[i] = value
 
     def window(self, panes: Iterable[int]) -> dict[str, Cell]:
         """Combined cells of the given panes, per entity."""

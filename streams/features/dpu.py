@@ -40,7 +40,7 @@ class DpuExtractor(Extractor):
                     np.full(n, np.nan),
                 ]
             ).astype(np.float64)
-            self.store.add_rows(self.panes(dev_ts), [node] * n, values)
+            self.store.add_rows(self.panes(dev_ts), node, values)
         flow_ts = cols["flow_ts_ns"]
         m = len(flow_ts)
         if m:
@@ -53,7 +53,7 @@ class DpuExtractor(Extractor):
             values = np.full((k, len(self.FEATURES)), np.nan)
             values[:, 5] = rx / interval_s
             values[:, 6] = burst
-            self.store.add_rows(self.panes(keys), [node] * k, values)
+            self.store.add_rows(self.panes(keys), node, values)
         lo_hi = [span(dev_ts), span(flow_ts)]
         present = [s for s, size in zip(lo_hi, (n, m), strict=True) if size]
         if not present:

@@ -89,7 +89,7 @@ class EngineExtractor(Extractor):
                 np.where(np.isfinite(fill), kv_blocked, np.nan),
             ]
         ).astype(np.float64)
-        self.store.add_rows(self.panes(ts), [entity] * n, values)
+        self.store.add_rows(self.panes(ts), entity, values)
         return span(ts)
 
     def window(self, panes: Iterable[int]) -> dict[str, dict[str, float]]:

@@ -15,6 +15,7 @@ from schemas.nic_counters import NIC_COUNTERS
 from streams.features.base import Extractor, span
 
 RATE_COUNTERS = NIC_COUNTERS
+MAX_LAYOUTS = 64  # distinct counter-name lists remembered (agents send one list each)
 
 
 class NicExtractor(Extractor):
@@ -31,6 +32,7 @@ class NicExtractor(Extractor):
         self._last: dict[str, tuple[int, np.ndarray]] = {}
         self.port_plane: dict[str, str] = {}
         self.port_fabric: dict[str, str] = {}
+        self._rows_of: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     def ingest(self, record: dict[str, Any], cols: dict[str, np.ndarray]) -> tuple[int, int]:
         ts = cols["ts_ns"]
@@ -41,12 +43,9 @@ class NicExtractor(Extractor):
         self.port_plane[entity] = record["plane"]
         self.port_fabric[entity] = record["fabric"]
         matrix = cols["counter_values"].reshape(record["n_counters"], n)
-        position = {name: i for i, name in enumerate(record["counter_names"])}
+        take, into = self._layout(record["counter_names"])
         known = np.full((len(RATE_COUNTERS), n), np.nan)
-        for k, name in enumerate(RATE_COUNTERS):
-            i = position.get(name)
-            if i is not None:
-                known[k] = matrix[i]
+        known[into] = matrix[take]
         prev = self._last.get(entity)
         self._last[entity] = (int(ts[-1]), known[:, -1].copy())
         if prev is None:
@@ -60,5 +59,22 @@ class NicExtractor(Extractor):
         with np.errstate(divide="ignore", invalid="ignore"):
             rates = np.where((delta >= 0) & (dt_s > 0), delta / dt_s, np.nan)
         tx = rates[RATE_COUNTERS.index("tx_bytes_phy")]
-        self.store.add_rows(self.panes(ts), [entity] * n, np.vstack([rates, tx]).T)
+        self.store.add_rows(self.panes(ts), entity, np.vstack([rates, tx]).T)
         return span(ts)
+
+    def _layout(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the frame's counter matrix that hold a rate counter, and which ones
+        (cached per counter-name list: an agent sends the same list every frame)."""
+        key = tuple(names)
+        layout = self._rows_of.get(key)
+        if layout is None:
+            if len(self._rows_of) >= MAX_LAYOUTS:
+                self._rows_of.clear()
+            position = {name: i for i, name in enumerate(names)}
+            pairs = [(position[c], k) for k, c in enumerate(RATE_COUNTERS) if c in position]
+            layout = (
+                np.array([i for i, _ in pairs], dtype=np.intp),
+                np.array([k for _, k in pairs], dtype=np.intp),
+            )
+            self._rows_of[key] = layout
+        return layout

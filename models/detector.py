@@ -24,6 +24,7 @@ from models.runbook import Runbook, load_runbook
 from schemas.columns import unpack
 from sinks.heartbeat import heartbeat_record
 from streams.clock_align import ClockAligner
+from streams.clock_cadence import ClockCadence
 from streams.collective_join import CollectiveExtractor
 from streams.features.base import Extractor
 from streams.features.dpu import DpuExtractor
@@ -44,6 +45,9 @@ class DetectorConfig:
     idle_timeout_ns: int = 1_000_000_000
     join_timeout_ns: int = 500_000_000
     clock_step_memory_ns: int = 10_000_000_000
+    # how far apart (event time) a relative step and a step of one clock's own sample grid
+    # may be and still be the same step (streams/clock_cadence.py)
+    clock_step_attribution_ns: int = 3_000_000_000
     # Load-family shares are judged over this longer window (as a router would see them).
     share_window_ns: int = 10_000_000_000
     emit_features: bool = False
@@ -85,6 +89,7 @@ class Detector:
         self.topology = topology or Topology()
         spec = self.config.window
         self.aligner = ClockAligner()
+        self.cadence = ClockCadence()
         self.collectives = CollectiveExtractor(
             spec,
             self.aligner,
@@ -129,6 +134,9 @@ class Detector:
             return
         cols = unpack(schema, record)
         first_ns, last_ns = extractor.ingest(record, cols)
+        if schema == "GpuSampleFrame" and len(cols["gpu_index"]):
+            first_gpu = cols["gpu_index"] == cols["gpu_index"].min()
+            self.cadence.observe(record["clock_id"], "gpu", cols["ts_ns"][first_gpu])
         self.stats.frames += 1
         self.stats.samples += _rows(record)
         frame_end_ns = int(record.get("frame_end_ns") or 0)
@@ -241,11 +249,28 @@ class Detector:
         return out
 
     def _note_clock_steps(self) -> None:
+        """Per node, the last clock step seen. The aligner measures a step of a clock against
+        its deployment's reference clock, which cannot tell which of the two moved; the one
+        whose own sample grid jumped did (``ClockCadence``). Without that evidence, the
+        measured clock is named, as before."""
+        steps: dict[str, tuple[float, int]] = {}
         for clock in self.aligner.clocks():
             est = self.aligner.estimate(clock)
-            if est.last_step_ns:
-                node = clock.split("/", 1)[0]
-                self._clock_steps[node] = (est.last_step_ns, est.last_step_at_ns)
+            if not est.last_step_ns:
+                continue
+            stepped = clock
+            reference = self.aligner.reference_of(clock)
+            near_ns = self.config.clock_step_attribution_ns
+            if (
+                reference is not None
+                and self.cadence.stepped_near(reference, est.last_step_at_ns, near_ns)
+                and not self.cadence.stepped_near(clock, est.last_step_at_ns, near_ns)
+            ):
+                stepped = reference
+            node = stepped.split("/", 1)[0]
+            if node not in steps or est.last_step_at_ns > steps[node][1]:
+                steps[node] = (est.last_step_ns, est.last_step_at_ns)
+        self._clock_steps = steps
 
     def _feature_window(self, view: EntityView, end_ns: int) -> Output:
         record = {

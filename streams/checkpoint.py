@@ -13,7 +13,7 @@ Not in a checkpoint: the configuration, the runbook and the topology. They come 
 worker's settings, the runbook file and the compacted topology topic; a checkpoint made with
 another window geometry is refused (its panes would mean other times).
 
-Format (``FORMAT_VERSION`` 1)::
+Format (``FORMAT_VERSION``)::
 
     b"SKCK" | u16 format version | u32 header length | header (JSON) | u32 CRC-32 of body | body
 
@@ -43,7 +43,8 @@ from streams.watermark import WatermarkTracker
 MAGIC = b"SKCK"
 # 2: request windows gained arrival_to_prefill_s_per_ktok_min (a version-1 checkpoint's
 # panes lack that column: refused, the shard starts fresh from committed offsets)
-FORMAT_VERSION = 2
+# 3: the clock aligner gained a clock -> deployment map; the clock cadence joined the state
+FORMAT_VERSION = 3
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 
@@ -137,6 +138,7 @@ def _detector_state(det: Detector) -> dict[str, Any]:
         "watermarks": det.watermarks.snapshot(),
         "extractors": det.extractors,
         "aligner": det.aligner,
+        "cadence": det.cadence,
         "rules_history": det.rules._history,
         "fusion": det.fusion,
         "anomaly": det.anomaly.checkpoint() if det.anomaly is not None else None,
@@ -178,6 +180,7 @@ def _restore_detector(
     det.aligner = state["aligner"]
     if det.collectives.aligner is not det.aligner:
         raise CheckpointError("checkpoint's collective join does not share the clock aligner")
+    det.cadence = state["cadence"]
     det.watermarks = WatermarkTracker.restore(
         state["watermarks"], det.config.allowed_lateness_ns, det.config.idle_timeout_ns
     )

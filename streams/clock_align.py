@@ -39,9 +39,15 @@ class ClockAligner:
     _steps: dict[str, tuple[float, int]] = field(default_factory=dict)
     _offset_cache: dict[str, float] = field(default_factory=dict)
     _estimates: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
+    _deployment_of: dict[str, str] = field(default_factory=dict)  # clock -> its deployment
 
     def reference(self, deployment: str) -> str | None:
         return self._reference.get(deployment)
+
+    def reference_of(self, clock: str) -> str | None:
+        """The reference clock ``clock`` is measured against (None before it is)."""
+        deployment = self._deployment_of.get(clock)
+        return None if deployment is None else self._reference.get(deployment)
 
     def observe(self, deployment: str, ends_ns: dict[str, int]) -> None:
         """One collective: local end time per clock id (at least two clocks to be useful)."""
@@ -60,6 +66,7 @@ class ClockAligner:
         for clock, end_ns in ends_ns.items():
             if clock == ref:
                 continue
+            self._deployment_of[clock] = deployment
             self._add(clock, end_ns, end_ns - ref_end)
 
     def _add(self, clock: str, at_ns: int, sample_ns: float) -> None:

@@ -8,6 +8,7 @@ change that breaks a condition outright fails here.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -63,3 +64,18 @@ def test_lookalike_yields_no_verdict_of_the_condition_it_imitates(episode: Any) 
     _, firing = _firing(episode.scenario, episode.seed, episode.duration_s)
     wrong = sorted({v["entity"] for v in firing if v["condition"] == imitated})
     assert not wrong, f"{episode.faults[0].kind} read as {imitated} on {wrong}"
+
+
+@pytest.mark.parametrize("node", ["node00", "node01", "node02", "node03"])
+def test_clock_step_is_named_on_the_stepped_node_also_when_it_is_the_reference(
+    node: str,
+) -> None:
+    """Each deployment spans two nodes, and the aligner measures one clock against the other
+    (node00 and node02 are the references): the stepped one is told by its own sample grid."""
+    scenario = load_scenario("clock-desync")
+    scenario = dataclasses.replace(
+        scenario, faults=(dataclasses.replace(scenario.faults[0], target=node),)
+    )
+    _, firing = _firing(scenario, seed=1, seconds=SECONDS)
+    named = sorted({v["entity"] for v in firing if v["condition"] == "clock-desync"})
+    assert named == [node]

@@ -260,6 +260,21 @@ def _node_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
     return out
 
 
+def _add_admitted_prompts_per_step(features: dict[str, float]) -> None:
+    """Prefill work per engine step, in prompts of the replica's mean length.
+
+    An engine that backfills freed slots admits waiting requests every step (unless its KV
+    cache is full); one that does not (static batching) prefills nothing while requests
+    wait. An engine flooded by a burst is also underfilled with a queue, but it prefills its
+    whole token budget every step: many prompts' worth."""
+    rate = features.get("engine.prompt_tokens_per_s")
+    step_ns = features.get("engine.step_duration_ns")
+    prompt = features.get("requests.prompt_tokens_mean_long")
+    if rate is None or step_ns is None or not prompt or prompt <= 0:
+        return
+    features["engine.admitted_prompts_per_step"] = rate * step_ns / 1e9 / prompt
+
+
 def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
     out = []
     for deployment in topo.deployments():
@@ -276,6 +291,7 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         if r is not None:
             view.features.update(_prefixed("requests", r))
             view.sources_present.add("engine")
+        _add_admitted_prompts_per_step(view.features)
         stage_waits = [
             v["downstream_wait_ns"]
             for e, v in inputs.nccl.items()
@@ -368,6 +384,8 @@ def _port_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
             + n.get("rp_cnp_handled_per_s", 0.0)
             + n.get("np_ecn_marked_roce_packets_per_s", 0.0)
         )
+        # Link-level credits exist on InfiniBand only; on RoCE, transmit waits are pauses.
+        view.features["nic.infiniband"] = float(inputs.port_fabric.get(port) == "infiniband")
         out.append(view)
     for plane in {inputs.port_plane.get(v.entity, "east_west") for v in out}:
         group = [v for v in out if inputs.port_plane.get(v.entity, "east_west") == plane]

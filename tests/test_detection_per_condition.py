@@ -79,3 +79,15 @@ def test_clock_step_is_named_on_the_stepped_node_also_when_it_is_the_reference(
     _, firing = _firing(scenario, seed=1, seconds=SECONDS)
     named = sorted({v["entity"] for v in firing if v["condition"] == "clock-desync"})
     assert named == [node]
+
+
+def test_a_burst_prefilled_at_full_budget_is_not_early_stop_skew() -> None:
+    """After a 200-request microburst the engine is underfilled with a long queue while it
+    prefills its whole token budget every step: not an engine that stopped backfilling.
+    (This suite episode read as early-stop-skew before engine.admitted_prompts_per_step.)"""
+    suite = make_suite(episodes_per_condition=6, seed=11, duration_s=SECONDS)
+    episode = next(e for e in suite if e.episode_id == "ingress-microburst-ref-004")
+    _, firing = _firing(episode.scenario, episode.seed, episode.duration_s)
+    conditions = {v["condition"] for v in firing}
+    assert "ingress-microburst" in conditions
+    assert "early-stop-skew" not in conditions

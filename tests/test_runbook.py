@@ -68,3 +68,27 @@ def test_a_checkpoint_of_another_version_is_refused() -> None:
     blob = pickle.dumps({"version": 999, "models": {}})
     with pytest.raises(ValueError, match="version 999"):
         AnomalyScorer().restore(blob)
+
+
+@pytest.mark.parametrize(("infiniband", "fires"), [(1.0, True), (0.0, False)])
+def test_credit_starvation_is_an_infiniband_condition(infiniband: float, fires: bool) -> None:
+    """Senders waiting with no loss: credits withheld on InfiniBand; on RoCE (no link-level
+    credits) the same waits are pauses, which credit-starvation must not claim."""
+    from models.rules import RuleEngine
+    from streams.views import EntityView
+
+    engine = RuleEngine(load_runbook())
+    found = []
+    for _ in range(4):
+        view = EntityView("node01/mlx5_2", "nic_port", "llama70b-a", node="node01")
+        view.sources_present.add("nic")
+        view.features.update(
+            {
+                "nic.port_xmit_wait_per_s_peers_median": 5e6,
+                "nic.port_xmit_wait_per_s_peer_ratio": 0.01,
+                "nic.retransmit_events_per_s": 0.0,
+                "nic.infiniband": infiniband,
+            }
+        )
+        found += [f.condition.id for f in engine.evaluate([view])]
+    assert ("credit-starvation" in found) is fires

@@ -151,6 +151,8 @@ class Executor:
         self.hung_gpus = np.zeros(0, dtype=np.int64)
         self.last_step_ns = 0.0
         self.gpu_node = layout.rank_node  # [pp, tp]
+        # fabric bytes of the current stage's collectives, booked once the stage's span is known
+        self._unbooked: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def end_hang(self) -> None:
         """The ranks' processes were restarted: no rank of this deployment hangs any more."""
@@ -216,6 +218,7 @@ class Executor:
                 stage_end = self._aligned(
                     f"tp{p}", p, step, entry, [(seg, t_ar)], k, {f"tp{p}": act_bytes * k}, detail
                 )
+            self._book_stage_traffic(entry, stage_end)
             if spec.pp > 1:
                 entry = self._send(
                     p,
@@ -236,7 +239,8 @@ class Executor:
 
     # -- pieces --------------------------------------------------------------------------
     def _allreduce_ns(self, stage: int, nbytes: float, count: int) -> float:
-        """Time of one of ``count`` all-reduces of nbytes (fabric traffic of all accounted)."""
+        """Time of one of ``count`` all-reduces of nbytes; the fabric traffic of all of them
+        waits in ``_unbooked`` for :meth:`_book_stage_traffic`."""
         n = self.spec.tp
         if n == 1:
             return 0.0
@@ -247,7 +251,9 @@ class Executor:
             src = self.layout.rank_gpu[stage]
             dst = np.roll(src, -max(1, n // np.unique(nodes).size))
             per = np.full(n, ring / n * count)
-            t += float(self.fabric.transfer(src, dst, per, np.full(n, self._now)).max()) / count
+            t_all = self.fabric.transfer(src, dst, per, np.full(n, self._now), book=False)
+            self._unbooked.append((src, dst, per))
+            t += float(t_all.max()) / count
         return t
 
     def _aligned(
@@ -400,6 +406,14 @@ class Executor:
         )
         return arrive
 
+    def _book_stage_traffic(self, entry: np.ndarray, stage_end: float) -> None:
+        """Book the fabric bytes of the stage's collectives, timed as one transfer at the step
+        start, evenly over the stage they are spread over: [entry, stage_end)."""
+        start, end = self._now + float(entry.min()), self._now + stage_end
+        for src, dst, nbytes in self._unbooked:
+            self.fabric.account(src, dst, nbytes, start, end)
+        self._unbooked.clear()
+
     _stage0_sent = 0.0
     _now = 0
 
@@ -454,5 +468,8 @@ class Executor:
             return NVLINK_LATENCY_NS + t_nvlink
         remote = recv_bytes_total * (n_nodes - 1) / n_nodes
         src = np.roll(gpus, self.spec.tp // n_nodes)  # a peer on another node sends
-        t_remote = self.fabric.transfer(src, gpus, remote, np.full(gpus.size, self._now))
+        t_remote = self.fabric.transfer(
+            src, gpus, remote, np.full(gpus.size, self._now), book=False
+        )
+        self._unbooked.append((src, gpus, remote))
         return float(t_remote.max()) + t_nvlink

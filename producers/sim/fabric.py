@@ -9,6 +9,9 @@ extra load, the fabric-congestion cause), ``pre_fec_ber`` (an optic's bit error 
 
 Mechanics, per 100 ms chunk with 10 ms ticks:
 
+* a transfer's bytes flow evenly over its own ``[start, end)`` (or a span the caller books
+  with :meth:`Fabric.account`, e.g. a step's all-reduces over the step); each tick gets the
+  share it overlaps, a flow that outlives the chunk carries its rest to the next chunk.
 * utilisation u = background + collective traffic of the previous chunk; transfers get
   ``cap * (1 - u)`` and a queueing delay ``4 us * u / (1 - u)``; ECN marks a fraction
   ``f(u)`` of packets (RED-like ramp from u = 0.55), the receiver answers with CNPs.
@@ -110,7 +113,8 @@ class Fabric:
         self._rng = rng
         self._partner = np.zeros((n, n))  # bytes src->dst, previous chunk
         self._coll_util = np.zeros(n)
-        self._pending: list[tuple[np.ndarray, ...]] = []
+        self._events: list[tuple[np.ndarray, ...]] = []  # (src, dst, lost, timeouts, t_ns)
+        self._flows: list[tuple[np.ndarray, ...]] = []  # (src, dst, bytes, start_ns, end_ns)
         self._chunk_start = 0
         self._prepare()
 
@@ -147,12 +151,20 @@ class Fabric:
 
     # -- transfers -----------------------------------------------------------------------
     def transfer(
-        self, src: np.ndarray, dst: np.ndarray, nbytes: np.ndarray, start_ns: np.ndarray
+        self,
+        src: np.ndarray,
+        dst: np.ndarray,
+        nbytes: np.ndarray,
+        start_ns: np.ndarray,
+        book: bool = True,
     ) -> np.ndarray:
         """Duration (ns) of transfers src -> dst of nbytes each starting at start_ns (arrays),
-        under this chunk's state; the traffic, losses and timeouts are accounted."""
+        under this chunk's state. Losses and timeouts are accounted at start_ns; the bytes
+        over ``[start, start + duration)``, or, with ``book=False``, by the caller's
+        :meth:`account` over the span the traffic really takes."""
         src, dst = np.asarray(src), np.asarray(dst)
         nbytes = np.asarray(nbytes, dtype=np.float64)
+        start = np.broadcast_to(np.asarray(start_ns, dtype=np.float64), src.shape)
         u = np.maximum(self.util[src], self.util[dst])
         bw = self.cap_bytes_per_s * (1.0 - u)
         stretch = np.maximum(self.rx_slowdown[dst], self.tx_slowdown[src])
@@ -160,18 +172,36 @@ class Fabric:
         loss = 1.0 - (1.0 - self.loss[src]) * (1.0 - self.loss[dst])
         lost = self._rng.poisson(packets * loss)
         timeouts = self._rng.binomial(lost, TIMEOUT_SHARE)
-        self._pending.append(
-            (src, dst, nbytes, np.asarray(start_ns, dtype=np.int64), lost, timeouts)
-        )
-        return (
-            self._stall_delay_ns(src, start_ns)
-            + self._stall_delay_ns(dst, start_ns)
+        self._events.append((src, dst, lost, timeouts, start.astype(np.int64)))
+        duration = (
+            self._stall_delay_ns(src, start)
+            + self._stall_delay_ns(dst, start)
             + BASE_LATENCY_NS
             + 4_000.0 * u / (1.0 - u)
             + nbytes / bw * 1e9 * stretch
             + lost * RETRANSMIT_NS
             + timeouts * ACK_TIMEOUT_NS
         )
+        if book:
+            self.account(src, dst, nbytes, start, start + duration)
+        return duration
+
+    def account(
+        self,
+        src: np.ndarray,
+        dst: np.ndarray,
+        nbytes: np.ndarray,
+        start_ns: np.ndarray | float,
+        end_ns: np.ndarray | float,
+    ) -> None:
+        """Book nbytes src -> dst flowing evenly over [start_ns, end_ns) (arrays, or scalars
+        for all): accounting only, no time, no losses."""
+        src = np.asarray(src)
+        cols = (
+            np.broadcast_to(np.asarray(x, dtype=np.float64), src.shape)
+            for x in (nbytes, start_ns, end_ns)
+        )
+        self._flows.append((src, np.asarray(dst), *cols))
 
     def _stall_delay_ns(self, ports: np.ndarray, start_ns: np.ndarray) -> np.ndarray:
         """Time a transfer starting at start_ns waits for its port's stall to end."""
@@ -188,32 +218,56 @@ class Fabric:
         return phase < self.stall_ns[:, None]
 
     # -- per-tick truth ------------------------------------------------------------------
+    def _spread_flows(self, chunk_end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(src, dst, [flow, tick] bytes) of the flows booked so far, each
+        tick getting the share of the flow's span it overlaps; flows that go on past the
+        chunk keep their remaining bytes over [chunk_end, end) (bytes are conserved)."""
+        if not self._flows:
+            none = np.zeros(0, dtype=np.int64)
+            return none, none, np.zeros((0, self.ticks))
+        src, dst, nbytes, start, end = (np.concatenate(c) for c in zip(*self._flows, strict=True))
+        start = np.maximum(start, self._chunk_start)  # (a flow is never booked in the past)
+        end = np.maximum(end, start + 1.0)
+        edges = self._chunk_start + self.tick_ns * np.arange(self.ticks + 1, dtype=np.float64)
+        covered = np.clip(edges[None, :] - start[:, None], 0.0, (end - start)[:, None])
+        spread = np.diff(covered, axis=1) * (nbytes / (end - start))[:, None]
+        rest = end > chunk_end
+        if rest.any():
+            left = nbytes[rest] - spread[rest].sum(axis=1)
+            later = np.maximum(start[rest], chunk_end)
+            self._flows = [(src[rest], dst[rest], left, later, end[rest])]
+        else:
+            self._flows = []
+        return src, dst, spread
+
     def end_chunk(self) -> TickTraffic:
         """True per-port per-tick quantities of the chunk that began at begin_chunk."""
         n, ticks, rng = self.n_ports, self.ticks, self._rng
         dt_s = self.tick_ns / 1e9
         chunk_end = self._chunk_start + ticks * self.tick_ns
-        if self._pending:
-            cols = [np.concatenate(c) for c in zip(*self._pending, strict=True)]
+        if self._events:
+            cols = [np.concatenate(c) for c in zip(*self._events, strict=True)]
         else:
-            cols = [np.zeros(0, dtype=np.int64)] * 6
-        src, dst, nbytes, t_ns, lost, timeouts = cols
-        now = t_ns < chunk_end
-        self._pending = [tuple(c[~now] for c in cols)] if (~now).any() else []
-        src, dst, nbytes, t_ns = src[now], dst[now], nbytes[now], t_ns[now]
-        lost, timeouts = lost[now], timeouts[now]
+            cols = [np.zeros(0, dtype=np.int64)] * 5
+        now = cols[4] < chunk_end
+        self._events = [tuple(c[~now] for c in cols)] if (~now).any() else []
+        e_src, e_dst, lost, timeouts, t_ns = (c[now] for c in cols)
         tick = np.clip((t_ns - self._chunk_start) // self.tick_ns, 0, ticks - 1)
-        flat_tx = src * ticks + tick
-        flat_rx = dst * ticks + tick
+        flat_tx = e_src * ticks + tick
+        flat_rx = e_dst * ticks + tick
         size = n * ticks
         retrans_bytes = lost * MTU_BYTES * 4.0  # go-back-N resends a few packets per loss
-        coll_tx = np.bincount(flat_tx, nbytes + retrans_bytes, size).reshape(n, ticks)
-        coll_rx = np.bincount(flat_rx, nbytes, size).reshape(n, ticks)
+        src, dst, spread = self._spread_flows(chunk_end)
+        # (float: bincount of no events is an int array, which would truncate the flows)
+        coll_tx = np.bincount(flat_tx, retrans_bytes, size).reshape(n, ticks).astype(np.float64)
+        coll_rx = np.zeros((n, ticks))
+        np.add.at(coll_tx, src, spread)
+        np.add.at(coll_rx, dst, spread)
         coll_oos = np.bincount(flat_rx, lost, size).reshape(n, ticks)
         coll_seq = np.bincount(flat_tx, lost, size).reshape(n, ticks)
         coll_to = np.bincount(flat_tx, timeouts, size).reshape(n, ticks)
         partner = np.zeros((n, n))
-        np.add.at(partner, (src, dst), nbytes)
+        np.add.at(partner, (src, dst), spread.sum(axis=1))
         self._partner = partner
         cap_tick = self.cap_bytes_per_s * dt_s
         self._coll_util = np.clip(

@@ -9,6 +9,8 @@ import numpy as np
 
 from streams.features.base import Extractor, span
 
+KV_FULL_RATIO = 0.9  # KV usage at which admission of a typical prompt can block
+
 
 class EngineExtractor(Extractor):
     SCHEMA = "EngineSampleFrame"
@@ -71,7 +73,7 @@ class EngineExtractor(Extractor):
             skew = np.full(n, np.nan)
         underfilled = ((fill < 0.75) & (waiting > 0)).astype(np.float64)
         kv = cols["kv_cache_usage_ratio"].astype(np.float64)
-        kv_blocked = ((fill < 1.0) & (waiting > 0) & (kv >= 0.9)).astype(np.float64)
+        kv_blocked = ((fill < 1.0) & (waiting > 0) & (kv >= KV_FULL_RATIO)).astype(np.float64)
         values = np.column_stack(
             [
                 waiting,

@@ -22,6 +22,7 @@ PCIE_LANE_BYTES_PER_S = {1: 0.25e9, 2: 0.5e9, 3: 0.985e9, 4: 1.969e9, 5: 3.938e9
 CONGESTION_EVENTS_PER_S = 75_000.0
 PCIE_STALLS_PER_S = 1000.0
 PEER_RATIO_FLOOR = {"events_per_s": 10.0, "s": 0.01, "bytes": 1024.0, "default": 1.0}
+PHY_DOMINANCE_RATIO = 10.0  # a culprit optic's PHY errors over a partner's it explains
 
 
 @dataclass
@@ -398,14 +399,19 @@ def _port_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
                 "nic.port_xmit_wait_per_s",
             ],
         )
-        # A bad optic corrupts traffic both ways: its link partners retransmit too, but only
-        # the culprit's own receiver counts PHY/FEC errors. Loss on a port whose plane has
-        # such a culprit, while it has none itself, is explained elsewhere.
+        # A bad optic corrupts traffic both ways: its link partners retransmit too, and their
+        # receivers may count a little of its corruption, but the culprit's own receiver counts
+        # far more PHY/FEC errors. Loss on a port whose plane has a culprit with at least
+        # PHY_DOMINANCE_RATIO x its own PHY errors is explained elsewhere.
         culprits = [
             v for v in group if v.features.get("nic.phy_errors_per_s_peer_ratio", 0.0) >= 5.0
         ]
         for view in group:
-            elsewhere = any(c is not view for c in culprits) and view not in culprits
+            own = view.features.get("nic.phy_errors_per_s", 0.0)
+            elsewhere = any(
+                c is not view and c.features["nic.phy_errors_per_s"] >= PHY_DOMINANCE_RATIO * own
+                for c in culprits
+            )
             view.features["nic.loss_explained_elsewhere"] = 1.0 if elsewhere else 0.0
     return out
 

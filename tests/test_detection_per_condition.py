@@ -91,3 +91,15 @@ def test_a_burst_prefilled_at_full_budget_is_not_early_stop_skew() -> None:
     conditions = {v["condition"] for v in firing}
     assert "ingress-microburst" in conditions
     assert "early-stop-skew" not in conditions
+
+
+def test_a_bad_optic_is_named_and_not_its_link_partner_when_tp_crosses_nodes() -> None:
+    """TP8 over two 4-GPU nodes: every all-reduce crosses the optic, so its partner port
+    retransmits heavily and even counts some PHY errors; the culprit counts far more."""
+    scenario = load_scenario("retransmit-storm")
+    deployment = dataclasses.replace(scenario.deployments[0], tp=8, pp=1)
+    scenario = dataclasses.replace(scenario, deployments=(deployment,))
+    sim, firing = _firing(scenario, seed=1, seconds=SECONDS)
+    culprit = next(x["entity"] for x in sim.labels if x["condition"] == "retransmit-storm")
+    named = sorted({v["entity"] for v in firing if v["condition"] == "retransmit-storm"})
+    assert named and all(e.startswith(culprit) for e in named), (culprit, named)

@@ -114,7 +114,6 @@ class Detector:
         self.stats = DetectorStats()
         self._last_closed_pane: int | None = None
         self._silent: set[tuple[str, str, str]] = set()
-        self._clock_steps: dict[str, tuple[float, int]] = {}
         self._late_events = 0
         self._last_heartbeat_ns = 0
 
@@ -187,7 +186,7 @@ class Detector:
         spec = self.config.window
         end_ns = spec.window_end_ns(last_pane)
         self.collectives.close_until(end_ns)
-        self._note_clock_steps()
+        clock_steps = self._clock_steps()
         panes = spec.panes_of_window(last_pane)
         windows = {name: ex.window(panes) for name, ex in self.extractors.items()}
         share_panes = range(
@@ -212,7 +211,7 @@ class Detector:
             requests=windows["EngineRequestFrame"],
             clock_step_abs_ns={
                 node: abs(step)
-                for node, (step, at) in self._clock_steps.items()
+                for node, (step, at) in clock_steps.items()
                 if end_ns - at <= self.config.clock_step_memory_ns
             },
             silent=set(self._silent),
@@ -248,11 +247,12 @@ class Detector:
             out.append(Output("Verdict", record["entity"], record))
         return out
 
-    def _note_clock_steps(self) -> None:
-        """Per node, the last clock step seen. The aligner measures a step of a clock against
-        its deployment's reference clock, which cannot tell which of the two moved; the one
-        whose own sample grid jumped did (``ClockCadence``). Without that evidence, the
-        measured clock is named, as before."""
+    def _clock_steps(self) -> dict[str, tuple[float, int]]:
+        """Per node, the last clock step seen (size, local time), derived from the aligner.
+
+        The aligner measures a step of a clock against its deployment's reference clock,
+        which cannot tell which of the two moved; the one whose own sample grid jumped did
+        (``ClockCadence``). Without that evidence, the measured clock is named, as before."""
         steps: dict[str, tuple[float, int]] = {}
         for clock in self.aligner.clocks():
             est = self.aligner.estimate(clock)
@@ -270,7 +270,7 @@ class Detector:
             node = stepped.split("/", 1)[0]
             if node not in steps or est.last_step_at_ns > steps[node][1]:
                 steps[node] = (est.last_step_ns, est.last_step_at_ns)
-        self._clock_steps = steps
+        return steps
 
     def _feature_window(self, view: EntityView, end_ns: int) -> Output:
         record = {

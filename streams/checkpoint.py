@@ -44,6 +44,7 @@ MAGIC = b"SKCK"
 # 2: request windows gained arrival_to_prefill_s_per_ktok_min (a version-1 checkpoint's
 # panes lack that column: refused, the shard starts fresh from committed offsets)
 # 3: the clock aligner gained a clock -> deployment map; the clock cadence joined the state
+# (per-node clock steps are derived at each window, no longer stored)
 FORMAT_VERSION = 3
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
@@ -147,7 +148,6 @@ def _detector_state(det: Detector) -> dict[str, Any]:
         "stats": asdict(det.stats),
         "last_closed_pane": det._last_closed_pane,
         "silent": sorted(det._silent),
-        "clock_steps": det._clock_steps,
         "late_events": det._late_events,
         "last_heartbeat_ns": det._last_heartbeat_ns,
     }
@@ -193,7 +193,6 @@ def _restore_detector(
     det.stats = DetectorStats(**state["stats"])
     det._last_closed_pane = state["last_closed_pane"]
     det._silent = {tuple(s) for s in state["silent"]}
-    det._clock_steps = state["clock_steps"]
     det._late_events = state["late_events"]
     det._last_heartbeat_ns = state["last_heartbeat_ns"]
     return det

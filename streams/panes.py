@@ -58,37 +58,29 @@ class PaneStore:
         """Add rows: ``panes[i]`` and ``entities[i]`` locate row ``values[i, :]``.
 
         ``entities`` is one name per row, or one name for every row (the common case of a
-        frame of one entity, which skips the grouping sort). ``values`` has one column per
+        frame of one entity, which skips the sort by entity). ``values`` has one column per
         feature, in ``feature_names`` order; NaN means absent.
         """
         if len(panes) == 0:
             return
         keys = np.asarray(panes, dtype=np.int64)
+        groups: list[tuple[int, str, slice | np.ndarray]]
         if isinstance(entities, str):
-            self._add_one_entity(keys, entities, values)
-            return
-        ent = np.asarray(entities, dtype=object)
-        # Group rows by (pane, entity); frames hold few groups, so a loop over groups is cheap.
-        order = np.lexsort((ent.astype(str), keys))
-        keys_sorted, ent_sorted = keys[order], ent[order]
-        boundaries = np.flatnonzero(
-            (np.diff(keys_sorted) != 0) | (ent_sorted[1:] != ent_sorted[:-1])
-        )
-        starts = np.concatenate(([0], boundaries + 1))
-        ends = np.concatenate((boundaries + 1, [len(order)]))
-        finite = np.isfinite(values)
-        clean = np.where(finite, values, 0.0)
-        high_src = np.where(finite, values, -np.inf)
-        low_src = np.where(finite, values, np.inf)
-        for start, end in zip(starts, ends, strict=True):
-            rows = order[start:end]
-            cell = self._cell(int(keys_sorted[start]), str(ent_sorted[start]))
-            cell.total += clean[rows].sum(axis=0)
-            cell.count += finite[rows].sum(axis=0)
-            np.maximum(cell.high, high_src[rows].max(axis=0), out=cell.high)
-            np.minimum(cell.low, low_src[rows].min(axis=0), out=cell.low)
-
-    def _add_one_entity(self, keys: np.ndarray, entity: str, values: np.ndarray) -> None:
+            groups = [(pane, entities, rows) for pane, rows in _pane_groups(keys)]
+        else:
+            # Group rows by (pane, entity); frames hold few groups, so a loop is cheap.
+            ent = np.asarray(entities, dtype=object)
+            order = np.lexsort((ent.astype(str), keys))
+            keys_sorted, ent_sorted = keys[order], ent[order]
+            boundaries = np.flatnonzero(
+                (np.diff(keys_sorted) != 0) | (ent_sorted[1:] != ent_sorted[:-1])
+            )
+            starts = np.concatenate(([0], boundaries + 1))
+            ends = np.concatenate((boundaries + 1, [len(order)]))
+            groups = [
+                (int(keys_sorted[start]), str(ent_sorted[start]), order[start:end])
+                for start, end in zip(starts, ends, strict=True)
+            ]
         # Row-major, so a column's sum adds rows in order whatever the caller's layout (the
         # summation order, and so the last bit, must not depend on it).
         values = np.ascontiguousarray(values)
@@ -96,17 +88,7 @@ class PaneStore:
         clean = np.where(finite, values, 0.0)
         high_src = np.where(finite, values, -np.inf)
         low_src = np.where(finite, values, np.inf)
-        if keys[0] == keys[-1] and (len(keys) < 3 or bool((keys == keys[0]).all())):
-            groups: Iterable[tuple[int, slice | np.ndarray]] = [(int(keys[0]), slice(None))]
-        else:
-            order = np.argsort(keys, kind="stable")
-            ordered = keys[order]
-            cuts = np.flatnonzero(np.diff(ordered)) + 1
-            groups = [
-                (int(ordered[rows[0]]), order[rows])
-                for rows in np.split(np.arange(len(ordered)), cuts)
-            ]
-        for pane, rows in groups:
+        for pane, entity, rows in groups:
             cell = self._cell(pane, entity)
             cell.total += clean[rows].sum(axis=0)
             cell.count += finite[rows].sum(axis=0)
@@ -171,3 +153,15 @@ class PaneStore:
             else:
                 raise ValueError(f"unknown statistic {stat!r} for feature {name}")
         return out
+
+
+def _pane_groups(keys: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
+    """Rows per pane, in row order within a pane (one slice when all rows share a pane)."""
+    if bool((keys == keys[0]).all()):
+        return [(int(keys[0]), slice(None))]
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    cuts = np.flatnonzero(np.diff(ordered)) + 1
+    return [
+        (int(ordered[rows[0]]), order[rows]) for rows in np.split(np.arange(len(ordered)), cuts)
+    ]

@@ -7,6 +7,7 @@ Redis tests use db 15 (tests/conftest.py); each episode writes under its own key
 from __future__ import annotations
 
 import itertools
+import tomllib
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,17 @@ import pytest
 
 from models.detector import DetectorConfig
 from producers.sim import Simulation, load_scenario
+from producers.sim.scenario import scenario_from_dict
 from sinks.client import FailPolicy
 from sinks.config import SinkConfig
-from sinks.controller.actions import Action, ActionKind, ControlCall
+from sinks.controller.actions import (
+    ROUTER_TARGET,
+    Action,
+    ActionKind,
+    ControlCall,
+    SimActuator,
+    capacity_units,
+)
 from sinks.controller.audit import read_audit
 from sinks.controller.controller import ControllerConfig
 from sinks.controller.experiment import applicable, judge, wrong_actions
@@ -60,6 +69,7 @@ WRONG = (
     ),
 )
 WRONG_RUN_S = 16.0
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "closed-loop"
 
 
 def _config(url: str, prefix: str, **kwargs: Any) -> LoopConfig:
@@ -242,6 +252,85 @@ def test_backfill_directive_improves_over_controller_off(
     assert judge(on.metrics.as_dict(), off.metrics.as_dict())["improved"]
     assert on.metrics.goodput_tokens_per_s > off.metrics.goodput_tokens_per_s
     assert wrong_actions(on.audit, on.labels) == 0
+
+
+def _spare_world(fault: bool) -> Any:
+    """The runbook tp-straggler world (two replicas at 10 req/s) plus a warm spare at router
+    weight 0 (docs/results/closed-loop/tp-straggler-spare.toml); without its fault: clean."""
+    doc = tomllib.loads((RESULTS / "tp-straggler-spare.toml").read_text())
+    if not fault:
+        doc.pop("fault")
+    return scenario_from_dict(doc, source="tp-straggler-spare")
+
+
+def test_failover_to_a_warm_spare_beats_controller_off(
+    redis_test_url: str, redis_key_prefix: str
+) -> None:
+    runs = {
+        mode: run_episode(
+            _spare_world(fault=True),
+            1,
+            _config(redis_test_url, redis_key_prefix, mode=mode, duration_s=16.0),
+        )
+        for mode in (Mode.OFF, Mode.ON)
+    }
+    on, off = runs[Mode.ON], runs[Mode.OFF]
+    assert [e["action"] for e in on.actions()] == [
+        {"kind": "failover-to-spare", "target": "llama70b-a", "ratio": 1.0, "spare": "llama70b-c"}
+    ]
+    assert [(c.method, c.args) for c in on.control_calls] == [
+        ("drain_replica", ("llama70b-a",)),
+        ("set_router_weight", ("llama70b-c", 1.0)),
+    ]
+    # the spare replaces the drained replica: no capacity removed, nothing undone
+    assert on.undos() == [] and max(t.capacity_removed_ratio for t in on.ticks) == 0.0
+    assert judge(on.metrics.as_dict(), off.metrics.as_dict())["improved"]
+    assert on.metrics.itl_p99_ms < off.metrics.itl_p99_ms
+    assert wrong_actions(on.audit, on.labels) == 0
+    # the same world without the fault: the idle spare draws no verdict and no action
+    clean = run_episode(
+        _spare_world(fault=False),
+        1,
+        _config(redis_test_url, redis_key_prefix, mode=Mode.ON, duration_s=10.0),
+    )
+    assert clean.actions() == [] and not any(e["decision"] == "advisory" for e in clean.audit)
+
+
+def test_failover_takes_a_free_spare_once_then_falls_back() -> None:
+    placement = Placement.from_topology(
+        Simulation(_spare_world(fault=False), seed=1).topology, spares=["llama70b-c"]
+    )
+    assert placement.serving_count == 2
+    policy = Policy(placement)
+    verdict = {
+        "entity": "llama70b-a/rank5",
+        "condition": "tp-straggler",
+        "directive": "drain-node",
+        "deployment": "llama70b-a",
+        "evidence": [{"feature": "nccl.caused_wait_ratio", "value": 0.06}],
+    }
+    # with a spare free any slowdown is worth a failover (no capacity is lost) ...
+    assert policy.plan(verdict, spare_free=True).actions == (
+        Action(ActionKind.FAILOVER, "llama70b-a"),
+    )
+    # ... without one, the capacity rules of a deprioritization apply again
+    assert "under the 10% worth moving load" in policy.plan(verdict).advisory
+    with pytest.raises(ValueError, match="not replicas"):
+        Placement(["r-a"], {}, spares=("r-z",))
+    control = Simulation(_spare_world(fault=False), seed=1).control
+    weights = {"llama70b-a": 1.0, "llama70b-b": 1.0, "llama70b-c": 0.0}
+    actuator = SimActuator(control, weights, {})
+    failover = Action(ActionKind.FAILOVER, "llama70b-a", spare="llama70b-c")
+    assert capacity_units(failover) == 0.0 and not failover.reversible
+    actuator.apply(failover, 0)
+    with pytest.raises(ValueError, match="not an idle spare"):
+        actuator.apply(Action(ActionKind.FAILOVER, "llama70b-b", spare="llama70b-c"), 1)
+    with pytest.raises(ValueError, match="sticky"):
+        actuator.undo(failover, 2)
+    # a router rebalance leaves idle spares out; a spare in service is rebalanced like the rest
+    actuator2 = SimActuator(control, weights, {})
+    actuator2.apply(Action(ActionKind.REBALANCE_ROUTER, ROUTER_TARGET), 3)
+    assert {c.args for c in actuator2.calls} == {("llama70b-a", 1.0), ("llama70b-b", 1.0)}
 
 
 def test_clean_run_is_not_made_worse(redis_test_url: str, redis_key_prefix: str) -> None:

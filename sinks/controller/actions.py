@@ -6,12 +6,16 @@ replica is 1, a replica whose router weight is halved is 0.5, one that admits ha
 requests is 0.5, one whose maximum batch is halved is 0.5. Fixes that remove no capacity
 (backfill, re-path, offload throttle, router rebalance) cost 0.
 
+A failover (:attr:`ActionKind.FAILOVER`) drains the replica and puts a warm spare (a replica
+held at router weight 0) in its place with the drained replica's weight: it removes no
+serving capacity (cost 0) but uses up the spare.
+
 Reversible actions (drain, deprioritize, admission control, reduce batch) are undone once
 their cause is gone and their dwell time has passed (:mod:`sinks.controller.safety`). Fixes
-are *sticky*: a
-resolved verdict means the symptom went away, not that the cause was repaired, so undoing a
-fix would bring the symptom back; they stay until an operator reverts them (the audit log
-lists them).
+are *sticky*: a resolved verdict means the symptom went away, not that the cause was
+repaired, so undoing a fix would bring the symptom back; they stay until an operator reverts
+them (the audit log lists them). A failover is sticky too: the drained replica's hardware
+needs an operator before it serves again (an undrained throttled GPU would straggle again).
 
 :class:`SimActuator` applies actions through the simulator's control surface
 (``producers/sim/control.py``) and records every call it makes (``calls``), so the audit log
@@ -41,6 +45,7 @@ class ActionKind(StrEnum):
     REBALANCE_ROUTER = "rebalance-router"
     REPATH = "re-path"
     THROTTLE_OFFLOAD = "throttle-offload"
+    FAILOVER = "failover-to-spare"
 
 
 REVERSIBLE = frozenset(
@@ -56,12 +61,13 @@ class Action:
     ``ratio``: DEPRIORITIZE, the router weight kept (0.5 halves it); ADMISSION, the share of
     the replica's new requests admitted (the rest are rejected); REDUCE_BATCH, the share of
     the configured maximum batch kept; THROTTLE_OFFLOAD, the share of offload bandwidth
-    kept; unused otherwise.
+    kept; unused otherwise. ``spare``: FAILOVER, the spare replica that takes over.
     """
 
     kind: ActionKind
     target: str
     ratio: float = 1.0
+    spare: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -73,7 +79,10 @@ class Action:
         return self.kind in REVERSIBLE
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind.value, "target": self.target, "ratio": self.ratio}
+        out: dict[str, Any] = {"kind": self.kind.value, "target": self.target, "ratio": self.ratio}
+        if self.spare:
+            out["spare"] = self.spare
+        return out
 
 
 def capacity_units(action: Action) -> float:
@@ -82,7 +91,7 @@ def capacity_units(action: Action) -> float:
         return 1.0
     if action.kind in (ActionKind.DEPRIORITIZE, ActionKind.ADMISSION, ActionKind.REDUCE_BATCH):
         return max(0.0, min(1.0, 1.0 - action.ratio))
-    return 0.0  # fixes; a restart has its own rules (sinks.controller.safety)
+    return 0.0  # fixes, failovers; a restart has its own rules (sinks.controller.safety)
 
 
 class Actuator(Protocol):
@@ -108,7 +117,8 @@ class SimActuator:
     """Applies actions to a :class:`producers.sim.control.Control` and records every call.
 
     ``router_weights`` and ``max_batch`` are the router's current weights and each replica's
-    configured maximum batch, as the scheduler that owns them knows them.
+    configured maximum batch, as the scheduler that owns them knows them. Replicas at weight 0
+    are warm spares: a router rebalance leaves them out until a failover puts one in service.
     """
 
     def __init__(
@@ -123,6 +133,7 @@ class SimActuator:
         self._base_weight = dict(router_weights)
         self._factor: dict[str, float] = {}
         self._max_batch = dict(max_batch)
+        self._idle_spares = {r for r, w in router_weights.items() if w == 0}
         self.calls: list[ControlCall] = []
 
     def _call(self, at_ns: int, action: Action, undo: bool, method: str, *args: Any) -> None:
@@ -151,8 +162,10 @@ class SimActuator:
             )
         elif kind is ActionKind.ENABLE_BACKFILL:
             self._call(at_ns, action, False, "enable_backfill", target)
+        elif kind is ActionKind.FAILOVER:
+            self._failover(at_ns, action)
         elif kind is ActionKind.REBALANCE_ROUTER:
-            for replica in sorted(self._base_weight):
+            for replica in sorted(self._base_weight.keys() - self._idle_spares):
                 self._base_weight[replica] = 1.0
                 self._set_weight(at_ns, action, False, replica)
         elif kind is ActionKind.REPATH:
@@ -180,6 +193,19 @@ class SimActuator:
                 f"{kind.value} on {target} is a sticky fix and is never undone automatically; "
                 "revert it by hand"
             )
+
+    def _failover(self, at_ns: int, action: Action) -> None:
+        """Drain the target; the spare takes the target's weight (1 when it had none)."""
+        spare = action.spare
+        if spare not in self._idle_spares:
+            raise ValueError(
+                f"failover of {action.target} to {spare or '(no spare)'!r}: not an idle spare; "
+                f"idle spares: {sorted(self._idle_spares)}"
+            )
+        self._idle_spares.discard(spare)
+        self._call(at_ns, action, False, "drain_replica", action.target)
+        self._base_weight[spare] = self._base_weight.get(action.target, 1.0) or 1.0
+        self._set_weight(at_ns, action, False, spare)
 
     def _replica_max_batch(self, replica: str) -> int:
         try:

@@ -16,7 +16,8 @@ It never looks inside the pipeline: everything it knows comes from
    dwell has passed, unless its replica's health is ``unknown`` (then nobody can tell whether
    the cause is gone: hold). Sticky fixes are never undone (:mod:`sinks.controller.actions`).
 3. **Apply.** Wanted actions not yet active pass the safety rules
-   (:mod:`sinks.controller.safety`) or are refused.
+   (:mod:`sinks.controller.safety`) or are refused. A failover takes the first free warm
+   spare (``Placement.spares``); a spare in service is a serving replica like the others.
 
 Every decision goes to the audit log with the verdict that caused it. In dry-run the
 decisions, the bookkeeping and the audit are the same, but the actuator is never called and
@@ -28,6 +29,7 @@ re-read from the cache every tick, so a tick costs O(firing verdicts).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +88,7 @@ class Controller:
         self.audit = audit
         self.config = config or ControllerConfig()
         self.policy = Policy(placement, self.config.policy)
-        self.safety = Safety(self.config.safety, len(placement.replicas))
+        self.safety = Safety(self.config.safety, max(1, placement.serving_count))
         self.active: dict[tuple[str, str], ActiveAction] = {}
         self._advised: set[tuple[str, str, str]] = set()
         self._refused: set[tuple[tuple[str, str], str, int, str]] = set()
@@ -129,8 +131,14 @@ class Controller:
         wanted: dict[tuple[str, str], tuple[Action, dict[str, Any]]] = {}
         firing = self._live_firing(now_ns)
         still: set[tuple[str, str, str]] = set()
+        spare_free = bool(self.free_spares())
+        failed_over = {
+            a.action.target for a in self.active.values() if a.action.kind is ActionKind.FAILOVER
+        }
         for v in firing:
-            plan = self.policy.plan(v)
+            # a replica failed over already keeps wanting its failover (no second plan for it)
+            replicas = self.placement.replicas_of(str(v["entity"]), str(v.get("deployment", "")))
+            plan = self.policy.plan(v, spare_free=spare_free or bool(failed_over & set(replicas)))
             if plan.advisory:
                 memo = (str(v["entity"]), str(v["condition"]), str(v["directive"]))
                 still.add(memo)
@@ -169,7 +177,25 @@ class Controller:
 
     # -- deciding -----------------------------------------------------------------------
     def removed_ratio(self) -> float:
-        return removed_ratio((a.action for a in self.active.values()), len(self.placement.replicas))
+        return removed_ratio(
+            (a.action for a in self.active.values()), max(1, self.placement.serving_count)
+        )
+
+    def free_spares(self) -> list[str]:
+        """Warm spares no failover has put in service yet."""
+        used = {a.action.spare for a in self.active.values() if a.action.spare}
+        return [r for r in self.placement.spares if r not in used]
+
+    def _with_spare(self, action: Action) -> tuple[Action, str]:
+        """A failover with its spare assigned, or why there is none ('' when assigned)."""
+        if action.kind is not ActionKind.FAILOVER:
+            return action, ""
+        free = self.free_spares()
+        if action.target in self.placement.spares and action.target in free:
+            return action, f"failover: {action.target} is an idle spare, it serves nothing"
+        if not free:
+            return action, "no spare: every warm spare is in service already"
+        return dataclasses.replace(action, spare=free[0]), ""
 
     def tick(self, now_ns: int) -> TickResult:
         """One decision round at event time ``now_ns``; see the module docstring."""
@@ -240,8 +266,9 @@ class Controller:
             if key in self.active:
                 continue
             active = [a.action for a in self.active.values()]
-            action = self.safety.clamp(wanted_action, active) or wanted_action
-            reason = self.safety.refusal(action, active, now_ns)
+            assigned, reason = self._with_spare(wanted_action)
+            action = self.safety.clamp(assigned, active) or assigned
+            reason = reason or self.safety.refusal(action, active, now_ns)
             if reason:
                 refused += 1
                 self._refuse(now_ns, key, action, cause, reason)
@@ -254,7 +281,7 @@ class Controller:
                 self.active[key] = ActiveAction(action, now_ns, dwell, dict(cause))
             applied += 1
             note = str(cause.get("directive", ""))
-            if action != wanted_action:
+            if action != assigned:
                 note += (
                     f"; clamped by the capacity cap from {wanted_action.kind.value} "
                     f"(ratio {wanted_action.ratio:g})"

@@ -180,16 +180,19 @@ def _closed_loop(
 ) -> tuple[int, int, list[ControlCall]]:
     if not config.redis_url:
         raise ValueError(f"closed-loop mode {config.mode} needs a Redis URL (REDIS_URL)")
-    placement = Placement.from_topology(sim.topology)
+    weights = {
+        n: float(w) for n, w in zip(sim.world.router.names, sim.world.router.weights, strict=True)
+    }
+    # replicas the scenario holds at router weight 0 are warm spares (workload.router_weights)
+    placement = Placement.from_topology(
+        sim.topology, spares=[n for n, w in weights.items() if w == 0]
+    )
     prefix = f"{config.sink.key_prefix}closedloop:{uuid.uuid4().hex[:12]}:"
     sink = dataclasses.replace(config.sink, key_prefix=prefix)
     redis_client = connect(config.redis_url, sink)
     actuator = SimActuator(
         sim.control,
-        {
-            n: float(w)
-            for n, w in zip(sim.world.router.names, sim.world.router.weights, strict=True)
-        },
+        weights,
         {e.name: int(e.max_num_seqs) for e in sim.world.engines},
         restart_downtime_s=config.controller.safety.restart_downtime_ns / 1e9,
     )

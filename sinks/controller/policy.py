@@ -8,7 +8,11 @@ applied). The mapping, and why:
 directive                         action                 why
 ================================  =====================  ========================================
 deprioritize-replica              deprioritize replica   as written
-drain-node                        deprioritize replica   the node's replica keeps serving a smaller
+drain-node                        failover to a spare    when a warm spare is free: the spare
+                                                         serves in the node's replica's place, no
+                                                         capacity is lost, so any slowdown is
+                                                         worth it
+drain-node (no spare free)        deprioritize replica   the node's replica keeps serving a smaller
                                   (``drain`` optional)   share: draining one of two replicas at
                                                          60 % load overloads the other
 restart-rank                      drain replica          restart is not simulated; a hung replica
@@ -37,6 +41,9 @@ are advisory whatever their directive: they stand since the deployment started, 
 onset to react to, and their fix (repartition, reseat a link) is maintenance; removing
 serving capacity for them automatically costs throughput for a harm the scheduler cannot
 measure (in the simulator a link trained x16 -> x8 leaves serving latency unchanged).
+
+Warm spares (``Placement.spares``: replicas the router holds at weight 0) serve nothing until
+a failover puts one in service; the controller knows which are still free.
 
 Entities are resolved with the topology (TopologyRecords): a replica (``llama70b-a``), a rank
 (``llama70b-a/rank5``) -> its replica; a node (``node01``), GPU (``node01/gpu2``), port
@@ -71,6 +78,7 @@ DIRECTIVE_ACTIONS: dict[str, tuple[ActionKind, ...]] = {
 _REPLICA_KINDS = frozenset(
     {
         ActionKind.DRAIN,
+        ActionKind.FAILOVER,
         ActionKind.DEPRIORITIZE,
         ActionKind.ADMISSION,
         ActionKind.REDUCE_BATCH,
@@ -136,9 +144,22 @@ class Placement:
 
     replicas: list[str] = field(default_factory=list)
     node_replicas: dict[str, list[str]] = field(default_factory=dict)
+    spares: tuple[str, ...] = ()  # warm spares among ``replicas`` (router weight 0)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.spares) - set(self.replicas))
+        if unknown:
+            raise ValueError(f"spares {unknown} are not replicas of the topology {self.replicas}")
+
+    @property
+    def serving_count(self) -> int:
+        """Replicas that serve (spares do not until a failover)."""
+        return len(self.replicas) - len(self.spares)
 
     @classmethod
-    def from_topology(cls, records: Iterable[Mapping[str, Any]]) -> Placement:
+    def from_topology(
+        cls, records: Iterable[Mapping[str, Any]], spares: Iterable[str] = ()
+    ) -> Placement:
         replicas: dict[str, None] = {}
         nodes: dict[str, dict[str, None]] = {}
         for rec in records:
@@ -147,7 +168,11 @@ class Placement:
             replica = str(rec.get("replica") or rec["deployment"])
             replicas[replica] = None
             nodes.setdefault(str(rec["node"]), {})[replica] = None
-        return cls(sorted(replicas), {n: sorted(r) for n, r in sorted(nodes.items())})
+        return cls(
+            sorted(replicas),
+            {n: sorted(r) for n, r in sorted(nodes.items())},
+            tuple(sorted(set(spares))),
+        )
 
     def node_of(self, entity: str) -> str | None:
         head = entity.split("/", 1)[0]
@@ -208,7 +233,9 @@ class Policy:
         self.config = config or PolicyConfig()
         self.classes = dict(runbook_classes() if condition_classes is None else condition_classes)
 
-    def plan(self, verdict: Mapping[str, Any]) -> Plan:
+    def plan(self, verdict: Mapping[str, Any], spare_free: bool = False) -> Plan:
+        """The verdict's actions; ``spare_free``: a warm spare can take a drained replica's
+        place (the controller knows which spares are in use)."""
         directive = str(verdict.get("directive", ""))
         entity = str(verdict["entity"])
         latency_class = self.classes.get(str(verdict.get("condition", "")), "")
@@ -244,7 +271,7 @@ class Policy:
                 f"{verdict.get('directive_text', '')}".rstrip(": "),
             )
         if directive == "drain-node":
-            kinds = (self.config.drain_node_as,)
+            kinds = (ActionKind.FAILOVER,) if spare_free else (self.config.drain_node_as,)
         slowdown = _evidence_value(verdict, self.config.slowdown_features)
         if (
             ActionKind.DEPRIORITIZE in kinds

@@ -58,6 +58,8 @@ class AvroCodec:
         self._registry: Any = None
         self._registry_ids: dict[tuple[str, str], int] = {}
         self._registry_writers: dict[int, KnownSchema] = {}
+        # fastavro-ready form of each schema: id(KnownSchema) -> (that schema, parsed with hint)
+        self._fast_forms: dict[int, tuple[KnownSchema, Any]] = {}
         if registry_url:
             from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -74,10 +76,26 @@ class AvroCodec:
         else:
             out.write(struct.pack(">bI", REGISTRY_MAGIC, self._registry_id(schema, topic)))
         try:
-            fastavro.schemaless_writer(out, schema.parsed, record)
+            fastavro.schemaless_writer(out, self._fast_form(schema), record)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise CodecError(f"record does not fit schema {schema.short_name}: {exc}") from exc
         return out.getvalue()
+
+    def _fast_form(self, schema: KnownSchema) -> Any:
+        """``schema.parsed`` re-parsed once with fastavro's "already parsed" hint.
+
+        The catalog parses without the hint (its canonical form must not carry it), so
+        handing ``schema.parsed`` to ``schemaless_writer``/``schemaless_reader`` re-parses the
+        schema on every record: about half the cost of encoding a frame, and 60 % of
+        decoding one. The hinted form describes the same schema, so the bytes written and
+        the records read are the same. Keyed by the KnownSchema object (kept in the entry,
+        so its id cannot be reused while cached).
+        """
+        entry = self._fast_forms.get(id(schema))
+        if entry is None or entry[0] is not schema:
+            entry = (schema, fastavro.parse_schema(schema.parsed))
+            self._fast_forms[id(schema)] = entry
+        return entry[1]
 
     def _registry_id(self, schema: KnownSchema, topic: str) -> int:
         from confluent_kafka.schema_registry import Schema
@@ -111,7 +129,11 @@ class AvroCodec:
         body = io.BytesIO(data)
         body.seek(offset)
         try:
-            record = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
+            record = fastavro.schemaless_reader(
+                body,
+                self._fast_form(writer),
+                None if reader is writer else self._fast_form(reader),  # None: no resolution
+            )
         except EOFError as exc:
             raise TruncatedMessageError(
                 f"{writer.short_name} body ends early ({len(data)} bytes)"

@@ -39,6 +39,8 @@ class ColumnSpec:
 
 
 _SPECS: dict[tuple[int, str], tuple[ColumnSpec, ...]] = {}
+# names of the packed columns of each record, same keys as _SPECS (for pack's unknown check)
+_NAMES: dict[tuple[int, str], frozenset[str]] = {}
 
 
 def _parse_specs(schema: dict[str, Any]) -> tuple[ColumnSpec, ...]:
@@ -57,9 +59,19 @@ def column_specs(name: str, catalog: Catalog | None = None) -> tuple[ColumnSpec,
     """The packed columns of record ``name``, in schema order (parsed once per catalog)."""
     catalog = catalog or default_catalog()
     key = (id(catalog), name)
-    if key not in _SPECS:
-        _SPECS[key] = _parse_specs(catalog.reader(name).parsed)
-    return _SPECS[key]
+    specs = _SPECS.get(key)
+    if specs is None:
+        specs = _SPECS[key] = _parse_specs(catalog.reader(name).parsed)
+        _NAMES[key] = frozenset(s.name for s in specs)
+    return specs
+
+
+def _layout(name: str) -> tuple[tuple[ColumnSpec, ...], frozenset[str]]:
+    """The packed columns of record ``name`` in the default catalog, and their names."""
+    key = (id(default_catalog()), name)
+    if key not in _NAMES:
+        column_specs(name)
+    return _SPECS[key], _NAMES[key]
 
 
 def _expected_len(spec: ColumnSpec, record: dict[str, Any]) -> int:
@@ -95,16 +107,21 @@ def pack(name: str, columns: dict[str, Any], **fields: Any) -> dict[str, Any]:
     is zero (optional column groups such as sampled detail).
     """
     record = dict(fields)
-    for spec in column_specs(name):
+    # columns of a record share a few count-field tuples: check each tuple's fields once
+    lengths: dict[tuple[str, ...], int] = {}
+    specs, known = _layout(name)
+    for spec in specs:
         array = np.ascontiguousarray(columns.get(spec.name, ()), dtype=spec.dtype)
-        expected = _expected_len(spec, record)
+        expected = lengths.get(spec.count_fields)
+        if expected is None:
+            expected = lengths[spec.count_fields] = _expected_len(spec, record)
         if array.size != expected:
             raise FrameShapeError(
                 f"{name}.{spec.name}: {array.size} values, expected {expected} "
                 f"({'*'.join(spec.count_fields)})"
             )
         record[spec.name] = array.tobytes()
-    unknown = set(columns) - {s.name for s in column_specs(name)}
-    if unknown:
+    if not known.issuperset(columns):
+        unknown = set(columns) - known
         raise FrameShapeError(f"{name}: no packed columns named {sorted(unknown)}")
     return record

@@ -27,6 +27,7 @@ GPU, PCIe and fabric causes are read from their own state objects.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,35 +47,49 @@ SUMMARY = ("rank", "node", "count", "first_start", "sum", "max", "bytes")
 DETAIL = ("rank", "node", "start", "duration")
 
 
+# A column of a block: one value per rank, or one float for every rank (float64 when taken).
+Column = np.ndarray | float
+Block = tuple[int, int, tuple[Column, ...]]
+
+
 @dataclass
 class RowLog:
     """Collective summary and detail rows of one group, kept as per-step blocks.
 
-    A block is (step, end_ns, columns...) with per-rank arrays; absolute times are int64 ns.
+    A block is (step, end_ns, columns...) with per-rank arrays (the first column always
+    one), or a float where every rank has the same value; absolute times are int64 ns.
     """
 
-    summary: list[tuple[int, int, tuple[np.ndarray, ...]]] = field(default_factory=list)
-    detail: list[tuple[int, int, tuple[np.ndarray, ...]]] = field(default_factory=list)
+    summary: list[Block] = field(default_factory=list)
+    detail: list[Block] = field(default_factory=list)
 
     @staticmethod
-    def take(
-        blocks: list[tuple[int, int, tuple[np.ndarray, ...]]],
-        names: tuple[str, ...],
-        until_ns: int,
-    ) -> dict[str, np.ndarray]:
-        """Rows of blocks whose step ended before until_ns (removed from blocks)."""
+    def take(blocks: list[Block], names: tuple[str, ...], until_ns: int) -> dict[str, np.ndarray]:
+        """Rows of blocks whose step ended before until_ns (removed from blocks): their
+        ``step`` and the columns ``names``."""
         now = [b for b in blocks if b[1] < until_ns]
         blocks[:] = [b for b in blocks if b[1] >= until_ns]
         if not now:
             return {}
-        sizes = [b[2][0].size for b in now]
-        out = {
-            "step": np.repeat([b[0] for b in now], sizes),
-            "end_ns": np.repeat([b[1] for b in now], sizes),
-        }
+        # (the first column, the ranks, is always an array)
+        sizes = [b[2][0].size for b in now]  # type: ignore[union-attr]
+        out = {"step": np.repeat([b[0] for b in now], sizes)}
         for i, name in enumerate(names):
-            out[name] = np.concatenate([b[2][i] for b in now])
+            out[name] = _rows([b[2][i] for b in now], sizes)
         return out
+
+
+def _rows(parts: list[Column], sizes: list[int]) -> np.ndarray:
+    """One column's values of consecutive blocks; a float part is that value for each of
+    its block's rows (as float64, like an array part of per-rank floats)."""
+    if not any([isinstance(p, np.ndarray) for p in parts]):
+        return np.repeat(np.array(parts, dtype=np.float64), sizes)
+    return np.concatenate(
+        [
+            p if isinstance(p, np.ndarray) else np.full(n, p, dtype=np.float64)
+            for p, n in zip(parts, sizes, strict=True)
+        ]
+    )
 
 
 @dataclass
@@ -118,6 +133,23 @@ class StepIntervals:
             setattr(self, name, values[mask].tolist())
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Send/recv from one stage to the next: which TP ranks cross the fabric."""
+
+    group: str  # pp<a>-<b>
+    same_node: np.ndarray  # [tp] bool: sender and receiver share a node (NVLink)
+    remote: np.ndarray  # [tp] bool: the others (fabric)
+    n_remote: int
+    src_remote: np.ndarray  # GPUs (= ports) of the remote senders
+    dst_remote: np.ndarray  # and of their receivers
+
+
 class Executor:
     """Runs the steps of one deployment on its ranks and logs what NCCL would record."""
 
@@ -151,6 +183,14 @@ class Executor:
         self.hung_gpus = np.zeros(0, dtype=np.int64)
         self.last_step_ns = 0.0
         self.gpu_node = layout.rank_node  # [pp, tp]
+        # Fixed by the layout (placement never changes during a run), so built once:
+        # communicator ranks of senders and receivers, nodes a stage's TP group spans, and
+        # the routes between stages. Shared by every step's log rows and transfers, so
+        # read-only.
+        self._ranks = _read_only(np.arange(spec.tp))
+        self._recv_ranks = _read_only(spec.tp + np.arange(spec.tp))
+        self._stage_nodes = [int(np.unique(layout.rank_node[p]).size) for p in range(pp)]
+        self._routes: dict[tuple[int, int], _Route] = {}
         # fabric bytes of the current stage's collectives, booked once the stage's span is known
         self._unbooked: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
@@ -245,11 +285,11 @@ class Executor:
         if n == 1:
             return 0.0
         ring = 2.0 * (n - 1) / n * nbytes
-        nodes = self.gpu_node[stage]
+        n_nodes = self._stage_nodes[stage]
         t = NVLINK_LATENCY_NS + ring / self.nvlink_bytes_per_s * 1e9
-        if np.unique(nodes).size > 1:
+        if n_nodes > 1:
             src = self.layout.rank_gpu[stage]
-            dst = np.roll(src, -max(1, n // np.unique(nodes).size))
+            dst = np.roll(src, -max(1, n // n_nodes))
             per = np.full(n, ring / n * count)
             t_all = self.fabric.transfer(src, dst, per, np.full(n, self._now), book=False)
             self._unbooked.append((src, dst, per))
@@ -274,11 +314,14 @@ class Executor:
         stats: dict[str, dict[str, np.ndarray]] = {}
         end = 0.0
         layer_ns = 0.0
-        for (seg, transfer), name in zip(phases, groups, strict=True):
+        for i, ((seg, transfer), name) in enumerate(zip(phases, groups, strict=True)):
+            if i:  # the previous collective aligned the ranks
+                t = np.full(seg.size, end)
             arrive = t + seg
             end = float(arrive.max()) + transfer
             first = end - arrive
-            steady = seg.max() - seg + transfer
+            seg_max = seg.max()
+            steady = seg_max - seg + transfer
             s = stats.setdefault(name, {})
             if "first_start" not in s:
                 s["first_start"] = arrive
@@ -289,12 +332,10 @@ class Executor:
             s["count"] = s["count"] + repeats
             s["sum"] = s["sum"] + first + (repeats - 1) * steady
             s["max"] = np.maximum(s["max"], np.maximum(first, steady if repeats > 1 else 0.0))
-            layer_ns += float(seg.max()) + transfer
-            t = np.full(seg.size, end)
+            layer_ns += float(seg_max) + transfer
         stage_end = end + (repeats - 1) * layer_ns
         for name, s in stats.items():
-            ranks = np.arange(s["count"].size)
-            self._log(name, stage, step, ranks, s, bytes_by_group[name], stage_end, detail)
+            self._log(name, stage, step, self._ranks, s, bytes_by_group[name], stage_end, detail)
         return stage_end
 
     def _log(
@@ -303,31 +344,21 @@ class Executor:
         stage: int,
         step: int,
         comm_ranks: np.ndarray,
-        s: dict[str, np.ndarray],
+        s: Mapping[str, Column],
         nbytes: float | np.ndarray,
         end_rel: float,
         detail: bool,
         node: np.ndarray | None = None,
     ) -> None:
-        n = comm_ranks.size
-        log = self.logs.setdefault(group, RowLog())
+        log = self.logs.get(group)
+        if log is None:
+            log = self.logs[group] = RowLog()
         nodes = self.gpu_node[stage] if node is None else node
         start = self._now + np.rint(s["first_start"]).astype(np.int64)
         end_ns = self._now + int(end_rel)
+        # count and bytes may be one float for all ranks: RowLog.take repeats it per row
         log.summary.append(
-            (
-                step,
-                end_ns,
-                (
-                    comm_ranks,
-                    nodes,
-                    s["count"],
-                    start,
-                    s["sum"],
-                    s["max"],
-                    np.broadcast_to(np.asarray(nbytes, dtype=float), (n,)),
-                ),
-            )
+            (step, end_ns, (comm_ranks, nodes, s["count"], start, s["sum"], s["max"], nbytes))
         )
         if detail:
             log.detail.append((step, end_ns, (comm_ranks, nodes, start, s["first_dur"])))
@@ -347,68 +378,92 @@ class Executor:
 
         Returns the time each rank of stage b has its input (its entry time)."""
         tp = self.spec.tp
-        src = self.layout.rank_gpu[a]
-        dst = self.layout.rank_gpu[b]
+        route = self._route(a, b)
         nbytes = float(n_seqs * TOKEN_RETURN_BYTES_PER_SEQ) if tokens_back else act_bytes
-        same_node = self.gpu_node[a] == self.gpu_node[b]
         start = np.full(tp, send_at)
-        dur = np.where(
-            same_node,
-            NVLINK_LATENCY_NS + nbytes / self.nvlink_bytes_per_s * 1e9,
-            0.0,
-        )
-        remote = ~same_node
-        if remote.any():
-            dur[remote] = self.fabric.transfer(
-                src[remote],
-                dst[remote],
-                np.full(int(remote.sum()), nbytes),
-                self._now + start[remote].astype(np.int64),
+        if route.n_remote == tp:  # every rank sends across the fabric
+            dur = self.fabric.transfer(
+                route.src_remote,
+                route.dst_remote,
+                np.full(tp, nbytes),
+                self._now + start.astype(np.int64),
             )
+        else:
+            dur = np.where(
+                route.same_node,
+                NVLINK_LATENCY_NS + nbytes / self.nvlink_bytes_per_s * 1e9,
+                0.0,
+            )
+            if route.n_remote:
+                dur[route.remote] = self.fabric.transfer(
+                    route.src_remote,
+                    route.dst_remote,
+                    np.full(route.n_remote, nbytes),
+                    self._now + start[route.remote].astype(np.int64),
+                )
         arrive = start + dur
+        arrive_max = float(arrive.max())
         # receivers posted their recv when they went idle: at step start (later stages) or
         # after sending their own output (stage 0 waiting for sampled tokens)
         posted = np.zeros(tp) if b != 0 else np.full(tp, send_at)
         if b == 0 and a != 0:
             posted = np.full(tp, float(self._stage0_sent))
         if a == 0:
-            self._stage0_sent = float(arrive.max())
+            self._stage0_sent = arrive_max
         recv_dur = arrive - posted
-        group = f"pp{a}-{b}"
-        ones = np.ones(tp)
         self._log(
-            group,
+            route.group,
             a,
             step,
-            np.arange(tp),
-            {"count": ones, "first_start": start, "sum": dur, "max": dur, "first_dur": dur},
+            self._ranks,
+            {"count": 1.0, "first_start": start, "sum": dur, "max": dur, "first_dur": dur},
             nbytes,
-            float(arrive.max()),
+            arrive_max,
             detail,
             node=self.gpu_node[a],
         )
         self._log(
-            group,
+            route.group,
             b,
             step,
-            tp + np.arange(tp),
+            self._recv_ranks,
             {
-                "count": ones,
+                "count": 1.0,
                 "first_start": posted,
                 "sum": recv_dur,
                 "max": recv_dur,
                 "first_dur": recv_dur,
             },
             nbytes,
-            float(arrive.max()),
+            arrive_max,
             detail,
             node=self.gpu_node[b],
         )
         return arrive
 
+    def _route(self, a: int, b: int) -> _Route:
+        """The send/recv route from stage a to stage b (built on first use, then kept: it
+        depends on the layout only)."""
+        route = self._routes.get((a, b))
+        if route is None:
+            same_node = self.gpu_node[a] == self.gpu_node[b]
+            remote = ~same_node
+            route = _Route(
+                group=f"pp{a}-{b}",
+                same_node=same_node,
+                remote=remote,
+                n_remote=int(remote.sum()),
+                src_remote=_read_only(self.layout.rank_gpu[a][remote]),
+                dst_remote=_read_only(self.layout.rank_gpu[b][remote]),
+            )
+            self._routes[(a, b)] = route
+        return route
+
     def _book_stage_traffic(self, entry: np.ndarray, stage_end: float) -> None:
         """Book the fabric bytes of the stage's collectives, timed as one transfer at the step
         start, evenly over the stage they are spread over: [entry, stage_end)."""
+        if not self._unbooked:
+            return
         start, end = self._now + float(entry.min()), self._now + stage_end
         for src, dst, nbytes in self._unbooked:
             self.fabric.account(src, dst, nbytes, start, end)
@@ -460,8 +515,7 @@ class Executor:
     def _alltoall_ns(self, stage: int, recv_bytes_total: np.ndarray) -> float:
         """Time of all dispatch/combine transfers of a step: the busiest receiver decides."""
         gpus = self.layout.rank_gpu[stage]
-        nodes = self.gpu_node[stage]
-        n_nodes = np.unique(nodes).size
+        n_nodes = self._stage_nodes[stage]
         local = recv_bytes_total / n_nodes
         t_nvlink = float(local.max()) / self.nvlink_bytes_per_s * 1e9
         if n_nodes == 1:

@@ -135,6 +135,10 @@ class Engine:
         self.busy_since = None
         self.t_ns = max(self.t_ns, ready_ns)
 
+    def n_running(self) -> int:
+        """Sequences holding a batch slot."""
+        return int(np.count_nonzero(self.slot_req >= 0))
+
     def _free_blocks(self) -> int:
         used = -(-self.slot_kv[self.slot_req >= 0] // self.block_tokens)
         return self.kv_capacity_blocks - int(used.sum())
@@ -146,7 +150,7 @@ class Engine:
         limit = min(self.max_num_seqs, self._cap)
         free_blocks = self._free_blocks()
         self.kv_blocked = False
-        while self.waiting and int((self.slot_req >= 0).sum()) < limit:
+        while self.waiting and self.n_running() < limit:
             req = self.waiting[0]
             need_tokens = self.req_prompt[req] + self.req_out_done[req]
             need = -(-need_tokens // self.block_tokens)  # nothing reserved for decode (V1)
@@ -200,13 +204,13 @@ class Engine:
         self._admit(t0)
         active = self.slot_req >= 0
         decoding = active & (self.slot_prefill == 0)
-        n_decode = int(decoding.sum())
+        n_decode = int(np.count_nonzero(decoding))
         budget = max(0, self.max_batched_tokens - n_decode)
         prefilling = np.flatnonzero(active & (self.slot_prefill > 0))
         prefilling = prefilling[np.argsort(self.slot_order[prefilling])]
         want = self.slot_prefill[prefilling]
-        before = np.concatenate([[0], np.cumsum(want)[:-1]])
-        take = np.clip(budget - before, 0, want)
+        before = np.cumsum(want) - want  # tokens wanted by earlier-admitted prefills
+        take = np.minimum(np.maximum(budget - before, 0), want)
         new_tokens = decoding.astype(np.int64)
         new_tokens[prefilling] = take
         active = self._preempt_until_fits(new_tokens, t0)
@@ -247,7 +251,7 @@ class Engine:
             self.slot_req[slot] = -1
             self.slot_kv[slot] = 0
         self.t_ns = end
-        running = int((self.slot_req >= 0).sum())
+        running = self.n_running()
         used = self.kv_capacity_blocks - self._free_blocks()
         self.snap_t.append(end)
         self.snap.append(

@@ -59,6 +59,13 @@ def ecn_mark_ratio(util: np.ndarray) -> np.ndarray:
     return 1e-6 + 0.08 * np.clip((util - 0.55) / 0.4, 0.0, 1.0) ** 1.5
 
 
+def _per_transfer(values: np.ndarray | float, shape: tuple[int, ...]) -> np.ndarray:
+    """values as float64, one per transfer: arrays of that shape as they are, scalars (or
+    other shapes) broadcast to it (read-only view)."""
+    array = np.asarray(values, dtype=np.float64)
+    return array if array.shape == shape else np.broadcast_to(array, shape)
+
+
 @dataclass
 class TickTraffic:
     """True per-port per-tick quantities of one chunk, arrays [n_ports, n_ticks]."""
@@ -164,18 +171,29 @@ class Fabric:
         :meth:`account` over the span the traffic really takes."""
         src, dst = np.asarray(src), np.asarray(dst)
         nbytes = np.asarray(nbytes, dtype=np.float64)
-        start = np.broadcast_to(np.asarray(start_ns, dtype=np.float64), src.shape)
+        start = _per_transfer(start_ns, src.shape)
         u = np.maximum(self.util[src], self.util[dst])
         bw = self.cap_bytes_per_s * (1.0 - u)
         stretch = np.maximum(self.rx_slowdown[dst], self.tx_slowdown[src])
         packets = np.ceil(nbytes / MTU_BYTES)
         loss = 1.0 - (1.0 - self.loss[src]) * (1.0 - self.loss[dst])
         lost = self._rng.poisson(packets * loss)
-        timeouts = self._rng.binomial(lost, TIMEOUT_SHARE)
+        # (a binomial of n = 0 is 0 and draws nothing: skipping it when nothing was lost
+        # leaves the random stream exactly where the call would have)
+        timeouts = (
+            self._rng.binomial(lost, TIMEOUT_SHARE)
+            if lost.any()
+            else np.zeros(lost.shape, dtype=np.int64)
+        )
         self._events.append((src, dst, lost, timeouts, start.astype(np.int64)))
+        # no port stalled anywhere (the usual case): no wait, and no per-port look-ups
+        stall_wait_ns = (
+            self._stall_delay_ns(src, start) + self._stall_delay_ns(dst, start)
+            if self.stall_ns.any()
+            else 0.0
+        )
         duration = (
-            self._stall_delay_ns(src, start)
-            + self._stall_delay_ns(dst, start)
+            stall_wait_ns
             + BASE_LATENCY_NS
             + 4_000.0 * u / (1.0 - u)
             + nbytes / bw * 1e9 * stretch
@@ -197,10 +215,7 @@ class Fabric:
         """Book nbytes src -> dst flowing evenly over [start_ns, end_ns) (arrays, or scalars
         for all): accounting only, no time, no losses."""
         src = np.asarray(src)
-        cols = (
-            np.broadcast_to(np.asarray(x, dtype=np.float64), src.shape)
-            for x in (nbytes, start_ns, end_ns)
-        )
+        cols = (_per_transfer(x, src.shape) for x in (nbytes, start_ns, end_ns))
         self._flows.append((src, np.asarray(dst), *cols))
 
     def _stall_delay_ns(self, ports: np.ndarray, start_ns: np.ndarray) -> np.ndarray:

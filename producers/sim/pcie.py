@@ -76,8 +76,10 @@ class PcieState:
 
     def compute_stretch(self, gpus: np.ndarray) -> np.ndarray:
         """Factor (>= 1) by which offload waits stretch these GPUs' compute."""
-        demand = self.offload_bytes_per_s()[gpus]
-        cap = self.cap_bytes_per_s()[gpus]
+        # the same per-GPU products as offload_bytes_per_s() and cap_bytes_per_s(), for
+        # these GPUs only (called every engine step)
+        demand = self.offload_demand_bytes_per_s[gpus] * self.offload_throttle_ratio[gpus]
+        cap = link_bytes_per_s(self.gen[gpus], self.width[gpus])
         return np.maximum(1.0, demand / cap)
 
     def tick_traffic(

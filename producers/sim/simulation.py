@@ -152,14 +152,16 @@ class Simulation:
         return frames
 
     def _engine_state(self) -> np.ndarray:
-        out = np.zeros((len(self.world.engines), 4))
-        for r, e in enumerate(self.world.engines):
-            active = e.slot_req >= 0
-            out[r, 0] = active.sum() / e.max_num_seqs
-            out[r, 1] = 1.0 - e._free_blocks() / e.kv_capacity_blocks
-            out[r, 2] = len(e.waiting)
-            out[r, 3] = float(e.kv_blocked and bool(e.waiting))
-        return out
+        rows = [
+            (
+                e.n_running() / e.max_num_seqs,
+                1.0 - e._free_blocks() / e.kv_capacity_blocks,
+                len(e.waiting),
+                float(e.kv_blocked and bool(e.waiting)),
+            )
+            for e in self.world.engines
+        ]
+        return np.array(rows, dtype=np.float64).reshape(len(self.world.engines), 4)
 
     def _truth(
         self, t0: int, clock_factor: np.ndarray, throttle: np.ndarray, gen: np.ndarray

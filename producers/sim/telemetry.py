@@ -27,11 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from producers.sim.clocks import Clocks
 from producers.sim.collectives import DETAIL, SUMMARY, Executor, RowLog
 from producers.sim.engine import Engine
 from producers.sim.fabric import TickTraffic
 from producers.sim.ingress import NorthSouth
 from producers.sim.nic_counters import COUNTERS, INDEX, CounterBank
+from producers.sim.topology import DeploymentLayout
 from producers.sim.world import TICK_NS, TICKS_PER_CHUNK, World
 from schemas.columns import pack
 from skewscope.config import Topics
@@ -68,6 +70,58 @@ class ChunkTruth:
     prefill_share: np.ndarray | None = None  # [n_gpus, ticks]
 
 
+@dataclass(frozen=True)
+class _NicPort:
+    """What a NIC port's frames say about where they come from (fixed by the layout)."""
+
+    port: str
+    plane: str
+    fabric: str
+    deployment: str
+    node_name: str
+    clock: int  # the node's host clock
+    clock_id: str
+    seq_key: tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class _CollectiveGroup:
+    """A communicator of a deployment and the nodes that report its rows, one frame each
+    (fixed by the layout)."""
+
+    name: str  # tp<p>, pp<a>-<b> or ep
+    op: str
+    size: int
+    nodes: tuple[int, ...]
+
+
+def _collective_groups(dl: DeploymentLayout, moe: bool) -> list[_CollectiveGroup]:
+    """The communicators of a deployment in frame order: TP groups by stage, then the
+    send/recv pairs of consecutive stages, then the MoE all-to-all."""
+    groups = []
+    for p in range(dl.pp):
+        nodes = sorted(set(dl.rank_node[p].tolist()))
+        groups.append(_CollectiveGroup(f"tp{p}", "allreduce", dl.tp, tuple(nodes)))
+    if dl.pp > 1:
+        for a in range(dl.pp):
+            b = (a + 1) % dl.pp
+            nodes = sorted(set(dl.rank_node[a].tolist()) | set(dl.rank_node[b].tolist()))
+            groups.append(_CollectiveGroup(f"pp{a}-{b}", "sendrecv", 2 * dl.tp, tuple(nodes)))
+    if moe:
+        nodes = sorted(set(dl.rank_node[0].tolist()))
+        groups.append(_CollectiveGroup("ep", "alltoall", dl.tp, tuple(nodes)))
+    return groups
+
+
+def _rows_on_node(cols: dict[str, np.ndarray], node: int, only_node: bool) -> dict[str, np.ndarray]:
+    """The rows of a group's columns that node logged; all of them, as they are, when the
+    group spans that node only (every row was logged there)."""
+    if not cols or only_node:
+        return cols
+    on_node = cols["node"] == node
+    return {name: values[on_node] for name, values in cols.items()}
+
+
 class Telemetry:
     """Frame builders with their per-producer sequence numbers and cumulative counters."""
 
@@ -83,6 +137,17 @@ class Telemetry:
         self.ns = CounterBank(lay.n_nodes, c.counter_wrap_bits, rng)
         self.replay_total = rng.integers(0, 50, lay.n_gpus).astype(np.int64)
         self.seq: dict[tuple[str, ...], int] = {}
+        self._nic_ports = self._nic_port_table()
+        self._collective_groups: dict[str, list[_CollectiveGroup]] = {}  # by deployment
+        # Fixed by the layout, so built once: each node's GPUs (global indices, ascending),
+        # those behind its DPU's PCIe switch, and each node's host and DPU clock.
+        self._node_gpus = [np.flatnonzero(lay.gpu_node == node) for node in range(lay.n_nodes)]
+        behind = np.array([int(lay.gpu_local[g]) in lay.gpus_behind_dpu for g in range(lay.n_gpus)])
+        self._node_gpus_behind_dpu = [
+            np.flatnonzero((lay.gpu_node == node) & behind) for node in range(lay.n_nodes)
+        ]
+        self._host_clocks = np.array([Clocks.host(node) for node in range(lay.n_nodes)])
+        self._dpu_clocks = np.array([Clocks.dpu(node) for node in range(lay.n_nodes)])
         self.resets_ew: list[tuple[int, int]] = []  # (port, at_ns)
         self.resets_ns: list[tuple[int, int]] = []
         for node, port, at_s in c.counter_resets:
@@ -92,6 +157,32 @@ class Telemetry:
                 self.resets_ns.append((n, at))
             else:
                 self.resets_ew.append((lay.resolve_gpu(f"{node}/{port}"), at))
+
+    def _nic_port_table(self) -> list[_NicPort]:
+        """Every NIC port that reports, in frame order: east-west ports by global index, then
+        each node's DPU uplink ``p0`` (when the cluster has DPUs). Fixed by the layout."""
+        w = self.world
+        lay = w.layout
+        clocks = w.clocks
+        sites = [
+            (int(lay.gpu_node[g]), lay.port_names[g], "east_west", lay.fabric)
+            for g in range(lay.n_gpus)
+        ]
+        if w.scenario.cluster.dpu:
+            sites += [(node, "p0", "north_south", "ethernet") for node in range(lay.n_nodes)]
+        return [
+            _NicPort(
+                port=port,
+                plane=plane,
+                fabric=fabric,
+                deployment=w.deployment_of_node(node),
+                node_name=lay.node_names[node],
+                clock=clocks.host(node),
+                clock_id=clocks.ids[clocks.host(node)],
+                seq_key=("nic", str(node), port),
+            )
+            for node, port, plane, fabric in sites
+        ]
 
     def _seq(self, *key: str) -> int:
         value = self.seq.get(key, 0)
@@ -116,15 +207,15 @@ class Telemetry:
         frames.extend(self._gpu(truth, tick_end))
         frames.extend(self._nic(truth, tick_end))
         frames.extend(self._dpu(truth, tick_end))
-        end = int(tick_end[-1])
         clocks = self.world.clocks
-        # frame_end_ns: how far each source reports, in its own clock (a live idle source)
-        local_end = {
-            cid: int(clocks.to_local(i, tick_end[-1:])[0]) for i, cid in enumerate(clocks.ids)
-        }
+        # frame_end_ns: how far each source reports, in its own clock (a live idle source);
+        # one clock pass over all clocks draws what one to_local per clock would
+        every_clock = np.arange(len(clocks.ids))
+        local_end = clocks.to_local_each(every_clock, np.repeat(tick_end[-1], every_clock.size))
+        end_by_id = dict(zip(clocks.ids, local_end.tolist(), strict=True))
         for f in frames:
-            f.record["frame_end_ns"] = local_end[f.record["clock_id"]]
-        return [SimFrame(f.topic, f.key, f.schema, f.record, end) for f in frames]
+            f.record["frame_end_ns"] = end_by_id[f.record["clock_id"]]
+        return frames
 
     # -- engine ----------------------------------------------------------------------------
     def _requests(self, engine: Engine, until: int) -> SimFrame:
@@ -157,7 +248,9 @@ class Telemetry:
             request_ids=[f"{engine.name}-{i:08d}" for i in uniq.tolist()],
             connection_ids=[f"conn-{engine.name}-{engine.req_conn[i]}" for i in uniq.tolist()],
         )
-        return SimFrame(self.topics.engine_requests, engine.name, "EngineRequestFrame", record)
+        return SimFrame(
+            self.topics.engine_requests, engine.name, "EngineRequestFrame", record, until
+        )
 
     def _engine_samples(self, r: int, engine: Engine, tick_end: np.ndarray) -> SimFrame:
         w = self.world
@@ -217,9 +310,10 @@ class Telemetry:
             "step_duration_ns": step_ns,
             "tokenizer_queue_depth": tok_depth,
         }
-        columns = {k: np.asarray(v)[keep_rows] for k, v in columns.items()}
+        if self.loss > 0:  # (otherwise every sample is kept)
+            columns = {k: np.asarray(v)[keep_rows] for k, v in columns.items()}
         if n_experts:
-            columns["expert_tokens"] = expert[keep_rows].ravel()
+            columns["expert_tokens"] = (expert[keep_rows] if self.loss > 0 else expert).ravel()
         record = pack(
             "EngineSampleFrame",
             columns,
@@ -233,67 +327,55 @@ class Telemetry:
             n_samples=int(keep_rows.sum()),
             n_experts=n_experts,
         )
-        return SimFrame(self.topics.engine_samples, engine.name, "EngineSampleFrame", record)
+        return SimFrame(
+            self.topics.engine_samples,
+            engine.name,
+            "EngineSampleFrame",
+            record,
+            int(tick_end[-1]),
+        )
 
     # -- nccl ------------------------------------------------------------------------------
     def _collectives(self, ex: Executor, until: int) -> list[SimFrame]:
         w = self.world
         dl = ex.layout
         out = []
-        groups = [f"tp{p}" for p in range(dl.pp)]
-        if dl.pp > 1:
-            groups += [f"pp{p}-{(p + 1) % dl.pp}" for p in range(dl.pp)]
-        if ex.moe:
-            groups.append("ep")
+        groups = self._collective_groups.get(dl.name)
+        if groups is None:
+            groups = self._collective_groups[dl.name] = _collective_groups(dl, ex.moe)
         for group in groups:
-            log = ex.logs.get(group)
-            summary = RowLog.take(log.summary, SUMMARY, until) if log else {}
-            detail = RowLog.take(log.detail, DETAIL, until) if log else {}
-            if group.startswith("tp"):
-                nodes = sorted(set(dl.rank_node[int(group[2:])].tolist()))
-                size = dl.tp
-            elif group == "ep":
-                nodes = sorted(set(dl.rank_node[0].tolist()))
-                size = dl.tp
-            else:
-                a, b = (int(x) for x in group[2:].split("-"))
-                nodes = sorted(set(dl.rank_node[a].tolist()) | set(dl.rank_node[b].tolist()))
-                size = 2 * dl.tp
-            op = (
-                "allreduce"
-                if group.startswith("tp")
-                else "alltoall"
-                if group == "ep"
-                else "sendrecv"
-            )
-            for node in nodes:
-                s_sel = summary["node"] == node if summary else np.zeros(0, dtype=bool)
-                d_sel = detail["node"] == node if detail else np.zeros(0, dtype=bool)
+            log = ex.logs.get(group.name)
+            summary = RowLog.take(log.summary, SUMMARY, until) if log and log.summary else {}
+            detail = RowLog.take(log.detail, DETAIL, until) if log and log.detail else {}
+            only_node = len(group.nodes) == 1
+            for node in group.nodes:
+                s = _rows_on_node(summary, node, only_node)
+                d = _rows_on_node(detail, node, only_node)
                 clock = w.clocks.host(node)
                 cols: dict[str, Any] = {}
-                n_rows = int(s_sel.sum())
-                n_detail = int(d_sel.sum())
+                n_rows = s["step"].size if s else 0
+                n_detail = d["step"].size if d else 0
                 if n_rows:
                     cols.update(
-                        step=summary["step"][s_sel],
-                        rank=summary["rank"][s_sel],
-                        collective_count=summary["count"][s_sel],
+                        step=s["step"],
+                        rank=s["rank"],
+                        collective_count=s["count"],
                         first_start_ns=w.clocks.to_local(
-                            clock, np.rint(summary["first_start"][s_sel]).astype(np.int64)
+                            clock, np.rint(s["first_start"]).astype(np.int64)
                         ),
-                        duration_sum_ns=np.rint(summary["sum"][s_sel]),
-                        duration_max_ns=np.rint(summary["max"][s_sel]),
-                        bytes_total=np.rint(summary["bytes"][s_sel]),
+                        duration_sum_ns=np.rint(s["sum"]),
+                        duration_max_ns=np.rint(s["max"]),
+                        bytes_total=np.rint(s["bytes"]),
                     )
                 if n_detail:
                     cols.update(
-                        detail_step=detail["step"][d_sel],
+                        detail_step=d["step"],
                         detail_seq=np.zeros(n_detail),
-                        detail_rank=detail["rank"][d_sel],
+                        detail_rank=d["rank"],
                         detail_start_ns=w.clocks.to_local(
-                            clock, np.rint(detail["start"][d_sel]).astype(np.int64)
+                            clock, np.rint(d["start"]).astype(np.int64)
                         ),
-                        detail_duration_ns=np.rint(detail["duration"][d_sel]),
+                        detail_duration_ns=np.rint(d["duration"]),
                     )
                 record = pack(
                     "CollectiveFrame",
@@ -303,14 +385,16 @@ class Telemetry:
                     deployment=dl.name,
                     node=w.layout.node_names[node],
                     clock_id=w.clocks.ids[clock],
-                    frame_seq=self._seq("nccl", dl.name, group, str(node)),
-                    group_id=group,
-                    group_size=size,
-                    op=op,
+                    frame_seq=self._seq("nccl", dl.name, group.name, str(node)),
+                    group_id=group.name,
+                    group_size=group.size,
+                    op=group.op,
                     n_rows=n_rows,
                     n_detail=n_detail,
                 )
-                out.append(SimFrame(self.topics.collectives, dl.name, "CollectiveFrame", record))
+                out.append(
+                    SimFrame(self.topics.collectives, dl.name, "CollectiveFrame", record, until)
+                )
         return out
 
     # -- gpu -------------------------------------------------------------------------------
@@ -322,13 +406,15 @@ class Telemetry:
         replay_cum = self.replay_total[:, None] + np.cumsum(truth.pcie["replays"], axis=1)
         self.replay_total = replay_cum[:, -1]
         out = []
+        end = int(tick_end[-1])
         ticks = tick_end.size
+        node_ts = self._each_node_ts(self._host_clocks, tick_end)
         for node in range(lay.n_nodes):
-            gsel = np.flatnonzero(lay.gpu_node == node)
+            gsel = self._node_gpus[node]
             n = gsel.size
             keep = self._keep(n * ticks)
             clock = w.clocks.host(node)
-            ts = np.tile(w.clocks.to_local(clock, tick_end), n)
+            ts = np.tile(node_ts[node], n)
 
             def rows(a: np.ndarray, gsel: np.ndarray = gsel) -> np.ndarray:
                 return np.asarray(a)[gsel].reshape(-1)
@@ -348,7 +434,8 @@ class Telemetry:
                 "pcie_replay_total": rows(replay_cum),
                 "xid_last": rows(readings["xid_last"]),
             }
-            cols = {k: v[keep] for k, v in cols.items()}
+            if self.loss > 0:  # (otherwise every sample is kept)
+                cols = {k: v[keep] for k, v in cols.items()}
             dep = w.deployment_of_node(node)
             record = pack(
                 "GpuSampleFrame",
@@ -362,8 +449,17 @@ class Telemetry:
                 gpu_uuids=[lay.gpu_uuids[g] for g in gsel],
                 n_samples=int(keep.sum()),
             )
-            out.append(SimFrame(self.topics.gpu, dep, "GpuSampleFrame", record))
+            out.append(SimFrame(self.topics.gpu, dep, "GpuSampleFrame", record, end))
         return out
+
+    def _each_node_ts(self, node_clocks: np.ndarray, tick_end: np.ndarray) -> np.ndarray:
+        """[node, tick] tick ends as each node's clock (node_clocks[node]) writes them: one
+        clock pass with the draws of one to_local(clock, tick_end) per node in node order."""
+        n_nodes, ticks = node_clocks.size, tick_end.size
+        ts = self.world.clocks.to_local_each(
+            np.repeat(node_clocks, ticks), np.tile(tick_end, n_nodes)
+        )
+        return ts.reshape(n_nodes, ticks)
 
     # -- nic -------------------------------------------------------------------------------
     def _reset_ticks(self, resets: list[tuple[int, int]], n: int, t0: int) -> np.ndarray:
@@ -434,58 +530,54 @@ class Telemetry:
         ns_values = self.ns.advance(
             ns_inc, self._reset_ticks(self.resets_ns, n_nodes, truth.chunk_start)
         )
-        out = []
-        ew_fabric = lay.fabric
-        for g in range(n_ports):
-            node = int(lay.gpu_node[g])
-            out.append(
-                self._nic_frame(
-                    node, lay.port_names[g], "east_west", ew_fabric, ew_values[:, g, :], tick_end
-                )
-            )
+        ports = self._nic_ports
+        # [port, counter, tick], east-west ports then north-south ones (one frame each)
+        values = [np.ascontiguousarray(ew_values.transpose(1, 0, 2))]
         if w.scenario.cluster.dpu:
-            for node in range(n_nodes):
-                out.append(
-                    self._nic_frame(
-                        node, "p0", "north_south", "ethernet", ns_values[:, node, :], tick_end
-                    )
-                )
+            values.append(np.ascontiguousarray(ns_values.transpose(1, 0, 2)))
+        port_values = np.concatenate(values)
+        keeps = [self._keep(ticks) for _ in ports]
+        # every port's timestamps in one clock pass (same draws as one to_local per port)
+        kept = np.concatenate(keeps)
+        port_clock = np.array([p.clock for p in ports], dtype=np.int64)
+        ts = w.clocks.to_local_each(
+            np.repeat(port_clock, ticks)[kept], np.tile(tick_end, len(ports))[kept]
+        )
+        if self.loss > 0:
+            n_kept = [int(k.sum()) for k in keeps]
+            ts_by_port = np.split(ts, np.cumsum(n_kept)[:-1])
+        else:  # every sample kept: one row of ticks per port
+            n_kept = [ticks] * len(ports)
+            ts_by_port = list(ts.reshape(len(ports), ticks))
+        end = int(tick_end[-1])
+        out = []
+        for p, keep, n, port_ts, v in zip(
+            ports, keeps, n_kept, ts_by_port, port_values, strict=True
+        ):
+            counters = v.ravel() if n == ticks else v[:, keep].ravel()
+            out.append(self._nic_frame(p, n, port_ts, counters, end))
         return out
 
     def _nic_frame(
-        self,
-        node: int,
-        port: str,
-        plane: str,
-        fabric: str,
-        values: np.ndarray,
-        tick_end: np.ndarray,
+        self, p: _NicPort, n_samples: int, ts: np.ndarray, counters: np.ndarray, end: int
     ) -> SimFrame:
-        w = self.world
-        keep = self._keep(tick_end.size)
-        clock = w.clocks.host(node)
-        dep = w.deployment_of_node(node)
-        n = int(keep.sum())
         record = pack(
             "NicCounterFrame",
-            {
-                "ts_ns": w.clocks.to_local(clock, tick_end[keep]),
-                "counter_values": values[:, keep].ravel(),
-            },
+            {"ts_ns": ts, "counter_values": counters},
             schema_version=1,
             source="nic",
-            deployment=dep,
-            node=w.layout.node_names[node],
-            clock_id=w.clocks.ids[clock],
-            frame_seq=self._seq("nic", str(node), port),
-            port=port,
-            plane=plane,
-            fabric=fabric,
-            n_samples=n,
+            deployment=p.deployment,
+            node=p.node_name,
+            clock_id=p.clock_id,
+            frame_seq=self._seq(*p.seq_key),
+            port=p.port,
+            plane=p.plane,
+            fabric=p.fabric,
+            n_samples=n_samples,
             n_counters=len(COUNTERS),
             counter_names=list(COUNTERS),
         )
-        return SimFrame(self.topics.nic, dep, "NicCounterFrame", record)
+        return SimFrame(self.topics.nic, p.deployment, "NicCounterFrame", record, end)
 
     # -- dpu -------------------------------------------------------------------------------
     def _dpu(self, truth: ChunkTruth, tick_end: np.ndarray) -> list[SimFrame]:
@@ -496,13 +588,14 @@ class Telemetry:
         ns = truth.ns
         ticks = tick_end.size
         out = []
-        behind = np.array([int(lay.gpu_local[g]) in lay.gpus_behind_dpu for g in range(lay.n_gpus)])
+        end = int(tick_end[-1])
         h2d = truth.pcie["pcie_rx_bytes_per_s"] * TICK_NS / 1e9
         d2h = truth.pcie["pcie_tx_bytes_per_s"] * TICK_NS / 1e9
         sw_util = truth.pcie["switch_util"]
+        node_ts = self._each_node_ts(self._dpu_clocks, tick_end)
         for node in range(lay.n_nodes):
             clock = w.clocks.dpu(node)
-            ts = w.clocks.to_local(clock, tick_end)
+            ts = node_ts[node]
             flows = np.flatnonzero(ns.flow_node == node)
             n_f = flows.size
             keep_f = (
@@ -510,7 +603,7 @@ class Telemetry:
                 if n_f
                 else np.zeros(0, bool)
             )
-            gsel = np.flatnonzero((lay.gpu_node == node) & behind)
+            gsel = self._node_gpus_behind_dpu[node]
             copy_rd = d2h[gsel].sum(axis=0) if gsel.size else np.zeros(ticks)
             copy_wr = h2d[gsel].sum(axis=0) if gsel.size else np.zeros(ticks)
             stall_frac = (
@@ -521,20 +614,26 @@ class Telemetry:
             stall = TICK_NS * stall_frac + self.rng.exponential(800.0, ticks)
             pkts = (ns.rx_bytes[node] + ns.tx_bytes[node]) / 1500.0
             keep_d = self._keep(ticks)
-            cols = {
-                "flow_ts_ns": np.tile(ts, n_f)[keep_f],
-                "flow_index": np.repeat(np.arange(n_f), ticks)[keep_f],
-                "flow_rx_bytes": np.rint(ns.flow_rx[flows]).ravel()[keep_f],
-                "flow_tx_bytes": np.rint(ns.flow_tx[flows]).ravel()[keep_f],
-                "flow_max_burst_bytes": np.rint(ns.flow_burst[flows]).ravel()[keep_f],
-                "dev_ts_ns": ts[keep_d],
-                "dev_rx_queue_depth_bytes": np.rint(ns.rx_queue_peak_bytes[node])[keep_d],
-                "dev_rx_discards": ns.rx_discards[node][keep_d],
-                "dev_pcie_read_bytes": np.rint(ns.tx_bytes[node] + copy_rd)[keep_d],
-                "dev_pcie_write_bytes": np.rint(ns.rx_bytes[node] + copy_wr)[keep_d],
-                "dev_pcie_stall_ns": np.rint(stall)[keep_d],
-                "dev_doorbells": self.rng.poisson(pkts / 8.0 + 50.0)[keep_d],
+            flow_cols = {
+                "flow_ts_ns": np.tile(ts, n_f),
+                "flow_index": np.repeat(np.arange(n_f), ticks),
+                "flow_rx_bytes": np.rint(ns.flow_rx[flows]).ravel(),
+                "flow_tx_bytes": np.rint(ns.flow_tx[flows]).ravel(),
+                "flow_max_burst_bytes": np.rint(ns.flow_burst[flows]).ravel(),
             }
+            dev_cols = {
+                "dev_ts_ns": ts,
+                "dev_rx_queue_depth_bytes": np.rint(ns.rx_queue_peak_bytes[node]),
+                "dev_rx_discards": ns.rx_discards[node],
+                "dev_pcie_read_bytes": np.rint(ns.tx_bytes[node] + copy_rd),
+                "dev_pcie_write_bytes": np.rint(ns.rx_bytes[node] + copy_wr),
+                "dev_pcie_stall_ns": np.rint(stall),
+                "dev_doorbells": self.rng.poisson(pkts / 8.0 + 50.0),
+            }
+            if self.loss > 0:  # (otherwise every row is kept)
+                flow_cols = {k: v[keep_f] for k, v in flow_cols.items()}
+                dev_cols = {k: v[keep_d] for k, v in dev_cols.items()}
+            cols = flow_cols | dev_cols
             dep = w.deployment_of_node(node)
             record = pack(
                 "DpuFrame",
@@ -550,5 +649,5 @@ class Telemetry:
                 n_flow_rows=int(keep_f.sum()),
                 n_dev_rows=int(keep_d.sum()),
             )
-            out.append(SimFrame(self.topics.dpu, dep, "DpuFrame", record))
+            out.append(SimFrame(self.topics.dpu, dep, "DpuFrame", record, end))
         return out

@@ -8,6 +8,11 @@
 * Hierarchical suppression: a firing condition with ``suppresses`` mutes those conditions on
   entities inside its ``scope`` (``fabric``: everything; ``node``: entities on that node;
   ``replica``: that deployment's entities). A muted verdict resolves with ``suppressed_by``.
+  A firing verdict keeps suppressing through its hysteresis (the windows it waits before
+  resolving), so a condition it explains does not take over its entity, or another in its
+  scope, for the window or two its own evidence dips (kv-cache-pressure under a
+  request-length-skew verdict). A finding refined to a ``local`` cause (the late rank's own
+  GPU is throttled) is never muted: a congested fabric explains waits, not a GPU's clock.
 * Maintenance windows and acknowledgements mute verdicts for a time (event time).
 * Versions are monotonic per entity; a refresh is re-emitted every ``refresh_ns`` so readers'
   TTLs stay alive while the condition lasts.
@@ -26,6 +31,7 @@ class _Current:
     record: dict[str, Any]
     last_emit_ns: int
     clear_windows: int = 0
+    finding: Finding | None = None  # the latest finding behind the record
 
 
 @dataclass
@@ -71,11 +77,24 @@ class Fusion:
         """
         self.mutes = [m for m in self.mutes if m.end_ns > window_end_ns]
         suppressors = [f for f in findings if f.condition.suppresses]
+        found = {(reported_entity(f), f.condition.id) for f in findings}
+        lingering = {
+            e: c.finding
+            for e, c in self._current.items()
+            if c.finding is not None
+            and c.finding.condition.suppresses
+            and (e, c.finding.condition.id) not in found
+        }
         best: dict[str, Finding] = {}
         muted_by: dict[str, str] = {}
         for f in findings:
             entity = reported_entity(f)
             by = _suppressed_by(f, suppressors)
+            if by is None and entity in lingering and _suppressed_by(f, [lingering[entity]]):
+                # the entity's own firing verdict explains it: that verdict stays, this waits
+                self.suppressed_count += 1
+                continue
+            by = by or _suppressed_by(f, [s for e, s in lingering.items() if e != entity])
             mute = self._muted(entity, f.condition.id, window_end_ns)
             if by is not None or mute is not None:
                 self.suppressed_count += 1
@@ -92,13 +111,14 @@ class Fusion:
             if current is None or current.record["condition"] != finding.condition.id:
                 if current is not None:
                     record["first_seen_ns"] = window_end_ns
-                out.append(self._emit(entity, record, window_end_ns))
+                out.append(self._emit(entity, record, window_end_ns, finding))
                 continue
             record["first_seen_ns"] = current.record["first_seen_ns"]
             current.clear_windows = 0
+            current.finding = finding
             changed = abs(record["severity"] - current.record["severity"]) >= 0.2
             if changed or window_end_ns - current.last_emit_ns >= self.refresh_ns:
-                out.append(self._emit(entity, record, window_end_ns))
+                out.append(self._emit(entity, record, window_end_ns, finding))
             else:
                 current.record["last_seen_ns"] = window_end_ns
         for entity in list(self._current):
@@ -117,10 +137,12 @@ class Fusion:
             out.append(self._stamp(entity, resolved))
         return out
 
-    def _emit(self, entity: str, record: dict[str, Any], at_ns: int) -> dict[str, Any]:
+    def _emit(
+        self, entity: str, record: dict[str, Any], at_ns: int, finding: Finding
+    ) -> dict[str, Any]:
         stamped = self._stamp(entity, record)
         # Keep our own copy: the emitted record must never change after it was handed out.
-        self._current[entity] = _Current(dict(stamped), at_ns)
+        self._current[entity] = _Current(dict(stamped), at_ns, finding=finding)
         return stamped
 
     def _stamp(self, entity: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +194,8 @@ def reported_entity(f: Finding) -> str:
 
 
 def _suppressed_by(f: Finding, suppressors: list[Finding]) -> str | None:
+    if f.local_cause:
+        return None
     for s in suppressors:
         if s is f or f.condition.id not in s.condition.suppresses:
             continue

@@ -23,6 +23,7 @@ class Finding:
     evidence: tuple[tuple[Evidence, float], ...]
     sources_missing: tuple[str, ...]
     impact: str
+    local_cause: bool = False  # refined to a ``local`` cause: no suppression mutes it
 
 
 # Lowest severity of a verdict: its severity feature is at (or below) the low end of its
@@ -131,6 +132,7 @@ class RuleEngine:
             evidence=evidence,
             sources_missing=missing,
             impact=_impact(_template(cond.impact), view.features),
+            local_cause=cause is not None and cause.local,
         )
 
     def active(self) -> int:

@@ -53,6 +53,10 @@ class Cause:
     directive: str
     directive_text: str
     when: tuple[Evidence, ...]
+    # ``local = true``: the cause's evidence is the entity's own hardware (a GPU's clock,
+    # its throttle reasons), which no other condition explains: another condition's
+    # ``suppresses`` does not mute a finding refined to it.
+    local: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,13 @@ def _need(entry: dict[str, Any], key: str, where: str, kind: type | tuple[type, 
     return value
 
 
+def _flag(entry: dict[str, Any], key: str, where: str) -> bool:
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        raise RunbookError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
+
+
 def _one_of(value: str, allowed: tuple[str, ...], where: str, key: str) -> str:
     if value not in allowed:
         raise RunbookError(f"{where}: {key} {value!r} is not one of {list(allowed)}")
@@ -145,6 +156,7 @@ def _condition(entry: dict[str, Any], index: int) -> Condition:
             _need(c, "directive", f"{where} cause {j}", str),
             _need(c, "directive_text", f"{where} cause {j}", str),
             _evidence(c.get("when"), f"{where} cause {j} when"),
+            _flag(c, "local", f"{where} cause {j}"),
         )
         for j, c in enumerate(entry.get("cause", []))
     )

@@ -45,7 +45,7 @@ MAGIC = b"SKCK"
 # panes lack that column: refused, the shard starts fresh from committed offsets)
 # 3: the clock aligner gained a clock -> deployment map; the clock cadence joined the state
 # (per-node clock steps are derived at each window, no longer stored)
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 

@@ -157,7 +157,12 @@ def _rank_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
 
 STRAGGLER_CLOCK_DEFICIT = -0.05  # SM clock this far below the deployment's median
 STRAGGLER_THROTTLED_SHARE = 0.3
-STRAGGLER_WAIT_WITHOUT_GPU_EVIDENCE = 0.08
+# Without GPU evidence only the wait's size tells a straggler from the lasting spread: the
+# rank a few percent slower than its peers is the last arriver in every step, and its wait
+# rises with the share of compute in the step (0.05 in decode, 0.09-0.22 in prefill-heavy
+# windows of the suite's load bursts, which gave all 14 of its false tp-straggler episodes
+# at 0.08).
+STRAGGLER_WAIT_WITHOUT_GPU_EVIDENCE = 0.12
 
 
 def _beyond_spread(f: dict[str, float]) -> float:
@@ -307,12 +312,17 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         out.append(view)
     arrivals = [v.features.get("requests.arrivals_long", 0.0) for v in out]
     mean_arrivals = float(np.mean(arrivals)) if arrivals else 0.0
-    prompts = [
-        v.features["requests.prompt_tokens_mean_long"]
+    # The fleet's prompt tokens per request, weighted by requests (not the mean of the
+    # replicas' means): a replica that also receives more requests weighs in with them, as
+    # in the simulator's truth; the unweighted mean over-read length skew on it.
+    weighted = [
+        (v.features["requests.arrivals_long"], v.features["requests.prompt_tokens_mean_long"])
         for v in out
         if "requests.prompt_tokens_mean_long" in v.features
+        and v.features.get("requests.arrivals_long", 0.0) > 0
     ]
-    fleet_prompt = float(np.mean(prompts)) if prompts else 0.0
+    fleet_requests = sum(n for n, _ in weighted)
+    fleet_prompt = sum(n * m for n, m in weighted) / fleet_requests if fleet_requests else 0.0
     for view in out:
         if mean_arrivals > 0 and "requests.arrivals_long" in view.features:
             view.features["requests.arrivals_share_ratio"] = (

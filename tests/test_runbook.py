@@ -41,6 +41,7 @@ def _without(text: str, line: str) -> str:
          "must be '<source>.<name>'"),
         (lambda t: t + '\n[[condition]]\nid = "tp-straggler"\n', "missing field"),
         (lambda t: "this is [not toml", "not valid TOML"),
+        (lambda t: t.replace("local = true", 'local = "yes"', 1), "local must be true or false"),
     ],
 )  # fmt: skip
 def test_a_malformed_runbook_fails_with_a_clear_error(mutate: object, message: str) -> None:
@@ -92,3 +93,42 @@ def test_credit_starvation_is_an_infiniband_condition(infiniband: float, fires: 
         )
         found += [f.condition.id for f in engine.evaluate([view])]
     assert ("credit-starvation" in found) is fires
+
+
+@pytest.mark.parametrize(("clock_delta", "muted"), [(-0.15, False), (0.0, True)])
+def test_a_congested_fabric_mutes_waits_but_not_a_throttled_gpu(
+    clock_delta: float, muted: bool
+) -> None:
+    """fabric-congestion explains (and suppresses) a rank's collective waits; a late rank whose
+    own GPU clock is 15 % below its peers' is a local cause no fabric explains."""
+    from models.fusion import Fusion
+    from models.rules import RuleEngine
+    from streams.views import EntityView
+
+    engine = RuleEngine(load_runbook())
+    fusion = Fusion()
+    emitted = []
+    found: set[str] = set()
+    for w in range(4):
+        rank = EntityView("llama70b-a/rank5", "rank", "llama70b-a", node="node01")
+        rank.sources_present |= {"nccl", "gpu"}
+        rank.features.update(
+            {
+                "nccl.steps": 30,
+                "nccl.last_arrival": 1.0,
+                "nccl.caused_wait_ratio": 0.13,
+                "straggler.beyond_spread": 1.0,
+                "gpu.sm_clock_ratio_peer_delta": clock_delta,
+            }
+        )
+        fabric = EntityView("fabric:roce0", "fabric", "")
+        fabric.sources_present.add("nic")
+        fabric.features["fabric.congested_port_share"] = 0.8
+        findings = engine.evaluate([rank, fabric])  # both persist from the third window on
+        found |= {f.condition.id for f in findings}
+        emitted += fusion.update(findings, (w + 1) * 250_000_000)
+    assert found == {"fabric-congestion", "tp-straggler"}
+    straggler = [r for r in emitted if r["condition"] == "tp-straggler" and r["state"] == "firing"]
+    assert (not straggler) is muted
+    if not muted:
+        assert straggler[0]["root_cause"].startswith("throttled or degraded GPU")

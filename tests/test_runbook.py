@@ -132,3 +132,32 @@ def test_a_congested_fabric_mutes_waits_but_not_a_throttled_gpu(
     assert (not straggler) is muted
     if not muted:
         assert straggler[0]["root_cause"].startswith("throttled or degraded GPU")
+
+
+def test_a_firing_verdict_keeps_suppressing_through_its_hysteresis() -> None:
+    """request-length-skew suppresses kv-cache-pressure on its replica; a window where only
+    kv-cache-pressure's evidence holds must not flip the replica's verdict to it while the
+    request-length-skew verdict has not resolved, and once it has, kv-cache-pressure fires."""
+    from models.fusion import Fusion
+    from models.rules import Finding
+    from streams.views import EntityView
+
+    conditions = {c.id: c for c in load_runbook().conditions}
+
+    def finding(condition: str) -> Finding:
+        view = EntityView("llama70b-a", "replica", "llama70b-a")
+        return Finding(conditions[condition], view, 0.5, 1.0, "cause", "d", "text", (), (), "")
+
+    fusion = Fusion(resolve_after_windows=4)
+    hop = 250_000_000
+    out = fusion.update([finding("request-length-skew")], hop)
+    assert [(r["condition"], r["state"]) for r in out] == [("request-length-skew", "firing")]
+    emitted = []
+    for w in range(2, 5):  # three windows with only kv's evidence: hysteresis holds
+        emitted += fusion.update([finding("kv-cache-pressure")], w * hop)
+    assert emitted == []
+    assert fusion.firing()["llama70b-a"]["condition"] == "request-length-skew"
+    emitted = fusion.update([finding("kv-cache-pressure")], 5 * hop)  # 4th clear window
+    assert [(r["condition"], r["state"]) for r in emitted] == [("request-length-skew", "resolved")]
+    emitted = fusion.update([finding("kv-cache-pressure")], 6 * hop)
+    assert [(r["condition"], r["state"]) for r in emitted] == [("kv-cache-pressure", "firing")]

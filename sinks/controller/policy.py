@@ -15,12 +15,12 @@ drain-node                        failover to a spare    when a warm spare is fr
 drain-node (no spare free)        deprioritize replica   the node's replica keeps serving a smaller
                                   (``drain`` optional)   share: draining one of two replicas at
                                                          60 % load overloads the other
-restart-rank                      drain replica          restart is not simulated; a hung replica
-                                                         serves nothing (the capacity cap may
-                                                         shrink the drain, see safety)
+restart-rank                      restart replica        a hung rank's replica serves nothing
+                                                         until its processes restart (restarts
+                                                         have their own limits, see safety)
 enable-backfill                   enable backfill        as written
-admission-control                 deprioritize replica   admission control at the router: fewer
-                                                         new requests for the replica (a smaller
+admission-control                 admission control      admit a share of the replica's new
+                                                         requests, reject the rest (a smaller
                                                          maximum batch changes nothing while the
                                                          KV budget, not the batch, limits it)
 length-aware-routing              deprioritize replica   the router's only length lever: move the

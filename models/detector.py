@@ -33,6 +33,7 @@ from streams.features.gpu import GpuExtractor
 from streams.features.nic import NicExtractor
 from streams.features.requests import RequestExtractor
 from streams.hopping import HoppingSpec
+from streams.last_arriver import LastArriverBaseline
 from streams.topology import Topology
 from streams.views import EntityView, WindowInputs, build_views
 from streams.watermark import SilenceChange, WatermarkTracker
@@ -110,6 +111,7 @@ class Detector:
         )
         self.rules = RuleEngine(self.runbook)
         self.fusion = Fusion()
+        self.last_arrivers = LastArriverBaseline()
         self.anomaly = AnomalyScorer() if self.config.anomaly_model else None
         self.stats = DetectorStats()
         self._last_closed_pane: int | None = None
@@ -221,6 +223,7 @@ class Detector:
             frontend_node=dict(self.requests.frontend_node),
         )
         views = build_views(inputs, self.topology)
+        self.last_arrivers.annotate(views)
         findings = self.rules.evaluate(views)
         if self.anomaly is not None:
             findings += self.anomaly.score(views, findings, end_ns)

@@ -4,6 +4,7 @@ A checkpoint holds everything that decides the detector's future outputs: the wa
 tracker, every extractor's pane store and private state (the collective join's open steps and
 periods, the request join's open requests, counter baselines of the rate extractors), the
 clock aligner, the rules' persistence history, fusion (current verdicts, versions, mutes),
+the per-rank last-arriver baselines,
 the River models, the detector's own bookkeeping (last closed pane, silent streams, clock
 steps, heartbeat clock, stats), and, per input topic-partition, the offset of the next
 message to process. Restoring it and feeding the messages from those offsets on gives the
@@ -45,7 +46,7 @@ MAGIC = b"SKCK"
 # panes lack that column: refused, the shard starts fresh from committed offsets)
 # 3: the clock aligner gained a clock -> deployment map; the clock cadence joined the state
 # (per-node clock steps are derived at each window, no longer stored)
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 
@@ -142,6 +143,7 @@ def _detector_state(det: Detector) -> dict[str, Any]:
         "cadence": det.cadence,
         "rules_history": det.rules._history,
         "fusion": det.fusion,
+        "last_arrivers": det.last_arrivers,
         "anomaly": det.anomaly.checkpoint() if det.anomaly is not None else None,
         # The scorer's own checkpoint holds its models, not the k-of-n persistence history.
         "anomaly_history": det.anomaly._history if det.anomaly is not None else None,
@@ -186,6 +188,7 @@ def _restore_detector(
     )
     det.rules._history = state["rules_history"]
     det.fusion = state["fusion"]
+    det.last_arrivers = state["last_arrivers"]
     if state["anomaly"] is not None and det.anomaly is not None:
         _safe_loads(state["anomaly"])  # vet the nested pickle before the scorer loads it
         det.anomaly.restore(state["anomaly"])

@@ -151,7 +151,7 @@ def _rank_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         add_peer_ratios(group, ["gpu.gpu_util_ratio"])
         for view in group:
             view.features["hang.suspect"] = _hang_suspect(view.features)
-            view.features["straggler.beyond_spread"] = _beyond_spread(view.features)
+            view.features["straggler.beyond_spread"] = beyond_spread(view.features)
     return out
 
 
@@ -165,16 +165,18 @@ STRAGGLER_THROTTLED_SHARE = 0.3
 STRAGGLER_WAIT_WITHOUT_GPU_EVIDENCE = 0.12
 
 
-def _beyond_spread(f: dict[str, float]) -> float:
+def beyond_spread(f: dict[str, float]) -> float:
     """1 when a late rank is more than the fleet's lasting per-GPU spread: its GPU is slowed
-    (clock deficit or throttle reasons), or it makes its peers wait far longer than spread
-    does (host jitter leaves the GPU clocks normal)."""
+    (clock deficit or throttle reasons), it makes its peers wait far longer than spread does,
+    or it has become the last arriver it was not before (``straggler.new_last_arriver``, set
+    by :mod:`streams.last_arriver`; host jitter leaves the GPU clocks normal)."""
     slowed = (
         f.get("gpu.sm_clock_ratio_peer_delta", 0.0) <= STRAGGLER_CLOCK_DEFICIT
         or f.get("gpu.throttled_share", 0.0) >= STRAGGLER_THROTTLED_SHARE
     )
     large = f.get("nccl.caused_wait_ratio", 0.0) >= STRAGGLER_WAIT_WITHOUT_GPU_EVIDENCE
-    return 1.0 if slowed or large else 0.0
+    new = f.get("straggler.new_last_arriver", 0.0) >= 1.0
+    return 1.0 if slowed or large or new else 0.0
 
 
 def _hang_suspect(f: dict[str, float]) -> float:

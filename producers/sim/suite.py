@@ -7,6 +7,9 @@
   severity sweep for recall against severity;
 * N // 3 look-alike episodes: the condition's harmless look-alike alone (must raise nothing).
 
+A condition with more than one cause in ``ALTERNATE_KINDS`` cycles its fault episodes through
+them (tp-straggler: a throttled GPU, then host jitter with the GPU's clocks normal).
+
 Every fault episode has: onset uniform in [3, 12] s and at least 20 ms away from any multiple
 of 250 ms (config-class conditions are present from the start, onset 0); a random target of
 the right kind; in a third of them a second, overlapping fault of a different family at its
@@ -51,6 +54,9 @@ CONDITIONS: dict[str, tuple[str, str]] = {
     "pfc-pause-storm": ("pfc-receiver", "load-burst"),
     "credit-starvation": ("credit-withhold", "load-burst"),
 }
+# conditions with more than one injected cause: their fault episodes cycle through the kinds
+# (episode i uses kind i mod n, the primary kind first), at the same severities
+ALTERNATE_KINDS: dict[str, tuple[str, ...]] = {"tp-straggler": ("host-jitter",)}
 CONFIG_CLASS = {"pp-stage-imbalance", "pcie-degradation"}
 WINDOW_STEP_S = 0.25
 
@@ -193,13 +199,13 @@ def make_suite(
     n_look = episodes_per_condition // 3
     for c_index, (condition, (kind_name, look_name)) in enumerate(CONDITIONS.items()):
         base = _base(condition)
-        kind = KINDS[kind_name]
+        kinds = [KINDS[k] for k in (kind_name, *ALTERNATE_KINDS.get(condition, ()))]
         for i in range(n_ref + n_sweep + n_look):
             rng = np.random.default_rng([seed, c_index, i])
             ep_seed = int(rng.integers(2**31))
             world = _perturb(base, rng, duration_s)
             lookalike = i >= n_ref + n_sweep
-            use = KINDS[look_name] if lookalike else kind
+            use = KINDS[look_name] if lookalike else kinds[i % len(kinds)]
             reference = i < n_ref
             severity = use.reference if (reference or lookalike) else draw_severity(use, rng)
             onset = (

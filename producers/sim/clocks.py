@@ -44,25 +44,22 @@ class Clocks:
     def to_local(self, clock: int, true_ns: np.ndarray) -> np.ndarray:
         """Timestamps ``true_ns`` (int64 array) as clock ``clock`` would write them."""
         t = np.asarray(true_ns, dtype=np.int64)
-        error = (
-            self.offset_ns[clock]
-            + self.step_ns[clock]
-            + self.drift_ppb[clock] * 1e-9 * (t - self.epoch_ns).astype(np.float64)
-        )
-        return self._stamp(t, error)
+        return self._stamp(t, self._error(clock, t))
 
     def to_local_each(self, clock: np.ndarray, true_ns: np.ndarray) -> np.ndarray:
         """Timestamps ``true_ns`` (int64 array) as the clocks ``clock`` (same shape: one clock
         index per timestamp) would write them: the same values, jitter draws included, as
         calling :meth:`to_local` run by run in row-major order, in one pass."""
         t = np.asarray(true_ns, dtype=np.int64)
-        clock = np.asarray(clock, dtype=np.int64)
-        error = (
+        return self._stamp(t, self._error(np.asarray(clock, dtype=np.int64), t))
+
+    def _error(self, clock: int | np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Offset, step and drift of the clock(s) at true times t, ns (before jitter)."""
+        return (
             self.offset_ns[clock]
             + self.step_ns[clock]
             + self.drift_ppb[clock] * 1e-9 * (t - self.epoch_ns).astype(np.float64)
         )
-        return self._stamp(t, error)
 
     def _stamp(self, t: np.ndarray, error: np.ndarray) -> np.ndarray:
         """t plus its clock error and a jitter draw per timestamp, rounded to whole ns."""

@@ -68,10 +68,8 @@ def column_specs(name: str, catalog: Catalog | None = None) -> tuple[ColumnSpec,
 
 def _layout(name: str) -> tuple[tuple[ColumnSpec, ...], frozenset[str]]:
     """The packed columns of record ``name`` in the default catalog, and their names."""
-    key = (id(default_catalog()), name)
-    if key not in _NAMES:
-        column_specs(name)
-    return _SPECS[key], _NAMES[key]
+    specs = column_specs(name)
+    return specs, _NAMES[(id(default_catalog()), name)]
 
 
 def _expected_len(spec: ColumnSpec, record: dict[str, Any]) -> int:

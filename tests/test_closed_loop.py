@@ -296,19 +296,24 @@ def test_failover_to_a_warm_spare_beats_controller_off(
     assert clean.actions() == [] and not any(e["decision"] == "advisory" for e in clean.audit)
 
 
+def _straggler(directive: str, slowdown: float) -> dict[str, Any]:
+    """A tp-straggler verdict on llama70b-a/rank5 whose evidence measures its slowdown."""
+    return {
+        "entity": "llama70b-a/rank5",
+        "condition": "tp-straggler",
+        "directive": directive,
+        "deployment": "llama70b-a",
+        "evidence": [{"feature": "nccl.caused_wait_ratio", "value": slowdown}],
+    }
+
+
 def test_failover_takes_a_free_spare_once_then_falls_back() -> None:
     placement = Placement.from_topology(
         Simulation(_spare_world(fault=False), seed=1).topology, spares=["llama70b-c"]
     )
     assert placement.serving_count == 2
     policy = Policy(placement)
-    verdict = {
-        "entity": "llama70b-a/rank5",
-        "condition": "tp-straggler",
-        "directive": "drain-node",
-        "deployment": "llama70b-a",
-        "evidence": [{"feature": "nccl.caused_wait_ratio", "value": 0.06}],
-    }
+    verdict = _straggler("drain-node", 0.06)
     # with a spare free any slowdown is worth a failover (no capacity is lost) ...
     assert policy.plan(verdict, spare_free=True).actions == (
         Action(ActionKind.FAILOVER, "llama70b-a"),
@@ -319,7 +324,7 @@ def test_failover_takes_a_free_spare_once_then_falls_back() -> None:
         Placement(["r-a"], {}, spares=("r-z",))
     control = Simulation(_spare_world(fault=False), seed=1).control
     weights = {"llama70b-a": 1.0, "llama70b-b": 1.0, "llama70b-c": 0.0}
-    actuator = SimActuator(control, weights, {})
+    actuator = SimActuator(control, weights, {}, spares=placement.spares)
     failover = Action(ActionKind.FAILOVER, "llama70b-a", spare="llama70b-c")
     assert capacity_units(failover) == 0.0 and not failover.reversible
     actuator.apply(failover, 0)
@@ -328,7 +333,7 @@ def test_failover_takes_a_free_spare_once_then_falls_back() -> None:
     with pytest.raises(ValueError, match="sticky"):
         actuator.undo(failover, 2)
     # a router rebalance leaves idle spares out; a spare in service is rebalanced like the rest
-    actuator2 = SimActuator(control, weights, {})
+    actuator2 = SimActuator(control, weights, {}, spares=placement.spares)
     actuator2.apply(Action(ActionKind.REBALANCE_ROUTER, ROUTER_TARGET), 3)
     assert {c.args for c in actuator2.calls} == {("llama70b-a", 1.0), ("llama70b-b", 1.0)}
 
@@ -421,22 +426,10 @@ def test_policy_maps_directives_to_targets() -> None:
     # a load-class verdict at the floor of its severity scale is advisory
     assert "floor of its severity scale" in policy.plan({**kv, "severity": 0.05}).advisory
     # a measured slowdown deprioritizes in proportion (weight kept 1 - slowdown, >= 0.5)
-    straggler = {
-        "entity": "llama70b-a/rank5",
-        "condition": "tp-straggler",
-        "directive": "deprioritize-replica",
-        "deployment": "llama70b-a",
-        "evidence": [{"feature": "nccl.caused_wait_ratio", "value": 0.06}],
-    }
+    straggler = _straggler("deprioritize-replica", 0.06)
     assert "under the 10% worth moving load for" in policy.plan(straggler).advisory
     for slowdown, kept in ((0.12, 0.88), (0.8, 0.5)):
-        verdict = {
-            "entity": "llama70b-a/rank5",
-            "condition": "tp-straggler",
-            "directive": "deprioritize-replica",
-            "deployment": "llama70b-a",
-            "evidence": [{"feature": "nccl.caused_wait_ratio", "value": slowdown}],
-        }
+        verdict = _straggler("deprioritize-replica", slowdown)
         assert policy.plan(verdict).actions == (
             Action(ActionKind.DEPRIORITIZE, "llama70b-a", kept),
         )

@@ -28,6 +28,7 @@ as active; :mod:`sinks.controller.safety` limits how often it may happen.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -117,8 +118,9 @@ class SimActuator:
     """Applies actions to a :class:`producers.sim.control.Control` and records every call.
 
     ``router_weights`` and ``max_batch`` are the router's current weights and each replica's
-    configured maximum batch, as the scheduler that owns them knows them. Replicas at weight 0
-    are warm spares: a router rebalance leaves them out until a failover puts one in service.
+    configured maximum batch, as the scheduler that owns them knows them; ``spares`` the warm
+    spares among the replicas (``Placement.spares``): a router rebalance leaves them out until
+    a failover puts one in service.
     """
 
     def __init__(
@@ -127,13 +129,14 @@ class SimActuator:
         router_weights: dict[str, float],
         max_batch: dict[str, int],
         restart_downtime_s: float = 20.0,
+        spares: Iterable[str] = (),
     ) -> None:
         self._control = control
         self.restart_downtime_s = restart_downtime_s
         self._base_weight = dict(router_weights)
         self._factor: dict[str, float] = {}
         self._max_batch = dict(max_batch)
-        self._idle_spares = {r for r, w in router_weights.items() if w == 0}
+        self._idle_spares = set(spares)
         self.calls: list[ControlCall] = []
 
     def _call(self, at_ns: int, action: Action, undo: bool, method: str, *args: Any) -> None:

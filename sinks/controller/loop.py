@@ -195,6 +195,7 @@ def _closed_loop(
         weights,
         {e.name: int(e.max_num_seqs) for e in sim.world.engines},
         restart_downtime_s=config.controller.safety.restart_downtime_ns / 1e9,
+        spares=placement.spares,
     )
     controller_config = dataclasses.replace(config.controller, dry_run=config.mode is Mode.DRY_RUN)
     client = SchedulerClient(

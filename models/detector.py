@@ -200,6 +200,7 @@ class Detector:
             values["arrivals_long"] = long.get("arrivals", 0.0)
             if "prompt_tokens_mean" in long:
                 values["prompt_tokens_mean_long"] = long["prompt_tokens_mean"]
+                values["prompt_tokens_max_long"] = long["prompt_tokens_max"]
             values["oldest_waiting_s"] = self.requests.oldest_waiting_s(deployment, end_ns)
             values["harm_ttft_s"] = max(values["oldest_waiting_s"], values.get("ttft_s_max", 0.0))
         nic = self.extractors["NicCounterFrame"]

@@ -1,4 +1,5 @@
-"""The schema catalog: every ``.avsc`` in this folder, parsed, with its fingerprint.
+"""The schema catalog: every ``.avsc`` in this folder (and its earlier versions in
+``history/``), parsed, with its fingerprint.
 
 A catalog maps a record's full name to its *reader* schema (the newest this process knows)
 and every known *writer* schema by CRC-64-AVRO fingerprint, so data written with an older
@@ -19,6 +20,7 @@ from schemas.fingerprint import crc64_avro
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 NAMESPACE = "io.skewscope.v1"
+HISTORY_DIR = "history"  # earlier versions, kept so old data still decodes
 
 
 @dataclass(frozen=True)
@@ -78,14 +80,22 @@ class Catalog:
 
 
 def load_catalog(directory: Path = SCHEMA_DIR) -> Catalog:
-    """Load every ``*.avsc`` under ``directory`` as a reader (and writer) schema."""
+    """Load every ``*.avsc`` under ``directory`` as a reader (and writer) schema, and every
+    ``history/*.avsc`` (earlier versions of a schema) as a writer schema only: data written
+    before a field was added still decodes, the new field taking its default."""
     catalog = Catalog()
     for path in sorted(directory.glob("*.avsc")):
-        try:
-            catalog.add(parse(path.read_text()))
-        except (ValueError, fastavro.schema.SchemaParseException) as exc:
-            raise ValueError(f"schema file {path}: {exc}") from exc
+        catalog.add(_parse_file(path))
+    for path in sorted((directory / HISTORY_DIR).glob("*.avsc")):
+        catalog.add(_parse_file(path), reader=False)
     return catalog
+
+
+def _parse_file(path: Path) -> KnownSchema:
+    try:
+        return parse(path.read_text())
+    except (ValueError, fastavro.schema.SchemaParseException) as exc:
+        raise ValueError(f"schema file {path}: {exc}") from exc
 
 
 _DEFAULT: Catalog | None = None

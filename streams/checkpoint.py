@@ -46,7 +46,10 @@ MAGIC = b"SKCK"
 # panes lack that column: refused, the shard starts fresh from committed offsets)
 # 3: the clock aligner gained a clock -> deployment map; the clock cadence joined the state
 # (per-node clock steps are derived at each window, no longer stored)
-FORMAT_VERSION = 5
+# 5: the per-rank last-arriver baselines joined the state
+# 6: engine panes gained queued_with_free_slots_share and kv_headroom_tokens_queued, request
+# panes prompt_tokens_max
+FORMAT_VERSION = 6
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 

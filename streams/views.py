@@ -283,6 +283,27 @@ def _add_admitted_prompts_per_step(features: dict[str, float]) -> None:
     features["engine.admitted_prompts_per_step"] = rate * step_ns / 1e9 / prompt
 
 
+def _add_kv_admission_blocked(features: dict[str, float]) -> None:
+    """Share of the window in which admission was held back by a full KV cache.
+
+    The engine admits the head of its queue when its prompt fits in the free KV blocks.
+    With the engine's KV capacity known, the free tokens while requests wait beside free
+    batch slots are set against the longest prompt of the last 10 s (the request that is
+    left at the head is the one that does not fit; short ones got in): when the free room
+    is less than that prompt, the share of such samples is the blocked share. Without the
+    capacity, the share of those samples with the cache at least 90 % full stands in (it
+    misses a cache cut so small that 80 % use already blocks a long prompt)."""
+    headroom = features.get("engine.kv_headroom_tokens_queued")
+    longest = features.get("requests.prompt_tokens_max_long")
+    queued = features.get("engine.queued_with_free_slots_share")
+    if headroom is not None and longest and queued is not None:
+        ratio = headroom / longest
+        features["engine.kv_headroom_over_longest_prompt"] = ratio
+        features["engine.kv_admission_blocked_share"] = queued if ratio < 1.0 else 0.0
+    elif "engine.kv_blocked_share" in features:
+        features["engine.kv_admission_blocked_share"] = features["engine.kv_blocked_share"]
+
+
 def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
     out = []
     for deployment in topo.deployments():
@@ -300,6 +321,7 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
             view.features.update(_prefixed("requests", r))
             view.sources_present.add("engine")
         _add_admitted_prompts_per_step(view.features)
+        _add_kv_admission_blocked(view.features)
         stage_waits = [
             v["downstream_wait_ns"]
             for e, v in inputs.nccl.items()

@@ -75,6 +75,8 @@ def check_vllm_v0(text: str) -> None:
     record, cols = _roundtrip(out.frames[0])
     assert record["replica"] == "llama70b-a-r0" and record["frame_seq"] == 10
     assert cols["prompt_tokens_total"].tolist() == [5]
+    # cache_config_info: num_gpu_blocks="7281" x block_size="16"
+    assert snap.kv_capacity_tokens == 7281 * 16 and record["kv_capacity_tokens"] == 7281 * 16
     assert cols["generation_tokens_total"].tolist() == [7]
     assert cols["ts_ns"].tolist() == [TS_NS]
     assert cols["batch_capacity"].tolist() == [-1]
@@ -487,6 +489,19 @@ def test_vllm_duplicate_series_keeps_the_first_value() -> None:
     scrape = parse_vllm(text)
     assert scrape.engines["1"].num_running == 3
     assert [s.line_no for s in scrape.skipped] == [2]
+
+
+def test_kv_capacity_is_zero_when_cache_config_does_not_say() -> None:
+    text = (
+        'vllm:cache_config_info{block_size="16",num_gpu_blocks="None"} 1.0\n'
+        'vllm:num_requests_waiting{model_name="m"} 4\n'
+        'vllm:cache_config_info{engine="3",block_size="16",num_gpu_blocks="100"} 1.0\n'
+    )
+    scrape = parse_vllm(text)
+    assert scrape.engines[""].kv_capacity_tokens == 0
+    assert "3" not in scrape.engines  # config alone is no engine sample
+    record, _ = _roundtrip(vllm_frames(text, _ctx(), TS_NS).frames[0])
+    assert record["kv_capacity_tokens"] == 0
 
 
 def test_two_engines_give_two_frames_named_per_engine() -> None:

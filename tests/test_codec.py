@@ -219,3 +219,28 @@ def test_record_that_does_not_fit_its_schema_is_a_codec_error() -> None:
     record["offset"] = "not a number"
     with pytest.raises(CodecError, match="DeadLetter"):
         AvroCodec().encode("DeadLetter", record)
+
+
+def test_data_written_before_a_field_was_added_still_decodes() -> None:
+    """schemas/history keeps earlier versions as writer schemas: an EngineSampleFrame from
+    before kv_capacity_tokens decodes with the default catalog, the field at its default."""
+    v1 = parse((SCHEMA_DIR / "history" / "engine_sample_frame.v1.avsc").read_text())
+    old = Catalog()
+    old.add(v1)
+    record = example("EngineSampleFrame")
+    record.pop("kv_capacity_tokens", None)
+    old_bytes = AvroCodec(catalog=old).encode("EngineSampleFrame", record)
+    decoded = AvroCodec().decode(old_bytes).record
+    assert decoded["kv_capacity_tokens"] == 0
+    assert decoded["num_running"] == record["num_running"]
+
+
+def test_every_historical_schema_is_an_earlier_version_of_a_current_one() -> None:
+    catalog = default_catalog()
+    history = sorted((SCHEMA_DIR / "history").glob("*.avsc"))
+    assert history
+    for path in history:
+        known = parse(path.read_text())
+        assert known.full_name in catalog.readers, path
+        assert known.fingerprint in catalog.writers, path
+        assert known.fingerprint != catalog.readers[known.full_name].fingerprint, path

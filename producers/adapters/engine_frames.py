@@ -30,6 +30,7 @@ class EngineSnapshot:
     generation_tokens_total: int = MISSING_INT
     step_duration_ns: int = MISSING_INT
     tokenizer_queue_depth: int = MISSING_INT
+    kv_capacity_tokens: int = 0  # 0: not reported (the frame field's own default)
 
     def replica_id(self, replica: str) -> str:
         """``<replica>/engine<N>`` for a labelled engine, else ``replica`` itself."""
@@ -69,5 +70,6 @@ def engine_frame(snapshot: EngineSnapshot, ctx: FrameContext, ts_ns: int) -> Fra
         frame_seq=ctx.next_seq(),
         n_samples=1,
         n_experts=0,
+        kv_capacity_tokens=snapshot.kv_capacity_tokens,
     )
     return Frame("EngineSampleFrame", "engine_samples", record)

@@ -13,6 +13,8 @@ kv_cache_usage_ratio       ``vllm:kv_cache_usage_perc`` (V1 >= 0.10), else
 preemptions_total          ``vllm:num_preemptions_total``
 prompt_tokens_total        ``vllm:prompt_tokens_total``
 generation_tokens_total    ``vllm:generation_tokens_total``
+kv_capacity_tokens         ``vllm:cache_config_info`` labels ``num_gpu_blocks`` x
+                           ``block_size`` (0 when either is absent or not a number)
 =========================  ==========================================================
 
 Sentinels for what vLLM does not export: ``batch_capacity`` (max_num_seqs is not in
@@ -45,6 +47,7 @@ _COUNTS = {
 }
 # Later entries win: the V1 name is preferred when both are exported.
 _KV_NAMES = ("vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc")
+_CACHE_CONFIG = "vllm:cache_config_info"
 
 
 @dataclass
@@ -60,6 +63,7 @@ def from_exposition(expo: Exposition) -> VllmScrape:
     """Engine snapshots from already-parsed exposition samples."""
     scrape = VllmScrape(skipped=list(expo.skipped), exposition=expo)
     kv_rank: dict[str, int] = {}
+    capacities: dict[str, int] = {}
     filled: set[tuple[str, str]] = set()
     for sample in expo.samples:
         engine = sample.labels.get("engine", "")
@@ -77,7 +81,22 @@ def from_exposition(expo: Exposition) -> VllmScrape:
             kv_rank[engine] = rank
             snap = scrape.engines.setdefault(engine, EngineSnapshot(engine=engine))
             snap.kv_cache_usage_ratio = sample.value
+        elif sample.name == _CACHE_CONFIG:
+            capacities.setdefault(engine, _kv_capacity_tokens(sample.labels))
+    # config alone makes no frame: it only completes an engine whose gauges were seen
+    for engine, capacity in capacities.items():
+        if engine in scrape.engines:
+            scrape.engines[engine].kv_capacity_tokens = capacity
     return scrape
+
+
+def _kv_capacity_tokens(labels: dict[str, str]) -> int:
+    """KV tokens of ``cache_config_info``'s labels; 0 when they do not say."""
+    try:
+        blocks, block_size = int(labels["num_gpu_blocks"]), int(labels["block_size"])
+    except (KeyError, ValueError):  # absent, or "None" before the engine profiled memory
+        return 0
+    return blocks * block_size if blocks > 0 and block_size > 0 else 0
 
 
 def parse_vllm(text: str, strict: bool = False) -> VllmScrape:

@@ -326,6 +326,7 @@ class Telemetry:
             frame_seq=self._seq("eng", engine.name),
             n_samples=int(keep_rows.sum()),
             n_experts=n_experts,
+            kv_capacity_tokens=engine.kv_capacity_blocks * engine.block_tokens,
         )
         return SimFrame(
             self.topics.engine_samples,

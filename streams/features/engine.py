@@ -30,6 +30,10 @@ class EngineExtractor(Extractor):
         "expert_tokens_max_over_mean": "mean",
         "underfilled_with_queue_share": "mean",
         "kv_blocked_share": "mean",
+        # requests wait while batch slots are free: admission is held back by something
+        "queued_with_free_slots_share": "mean",
+        # free KV tokens in those samples; only when the frame reports the KV capacity
+        "kv_headroom_tokens_queued": "mean",
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -73,7 +77,12 @@ class EngineExtractor(Extractor):
             skew = np.full(n, np.nan)
         underfilled = ((fill < 0.75) & (waiting > 0)).astype(np.float64)
         kv = cols["kv_cache_usage_ratio"].astype(np.float64)
-        kv_blocked = ((fill < 1.0) & (waiting > 0) & (kv >= KV_FULL_RATIO)).astype(np.float64)
+        queued_free = (fill < 1.0) & (waiting > 0)
+        kv_blocked = (queued_free & (kv >= KV_FULL_RATIO)).astype(np.float64)
+        capacity_tokens = record.get("kv_capacity_tokens", 0)
+        headroom = np.full(n, np.nan)
+        if capacity_tokens > 0:
+            headroom[queued_free] = (1.0 - kv[queued_free]) * capacity_tokens
         values = np.column_stack(
             [
                 waiting,
@@ -89,6 +98,8 @@ class EngineExtractor(Extractor):
                 skew,
                 np.where(np.isfinite(fill), underfilled, np.nan),
                 np.where(np.isfinite(fill), kv_blocked, np.nan),
+                np.where(np.isfinite(fill), queued_free.astype(np.float64), np.nan),
+                headroom,
             ]
         ).astype(np.float64)
         self.store.add_rows(self.panes(ts), entity, values)

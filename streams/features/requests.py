@@ -60,6 +60,7 @@ class RequestExtractor(Extractor):
     FEATURES = {
         "arrivals": "sum",
         "prompt_tokens_mean": "mean",
+        "prompt_tokens_max": "max",
         "ttft_s": "mean",
         "ttft_s_max": "max",
         "queue_delay_s": "mean",
@@ -131,7 +132,11 @@ class RequestExtractor(Extractor):
             if len(table) > self.max_open_requests:
                 table.popitem(last=False)
                 self.stats.evicted += 1
-            self.store.add_one(pane, deployment, {"arrivals": 1.0, "prompt_tokens_mean": prompt})
+            self.store.add_one(
+                pane,
+                deployment,
+                {"arrivals": 1.0, "prompt_tokens_mean": prompt, "prompt_tokens_max": prompt},
+            )
         req.last_event_ns = ts
         table.move_to_end(request_id)
         if kind == SCHEDULED and req.scheduled_ns < 0:

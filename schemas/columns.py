@@ -85,9 +85,13 @@ def _expected_len(spec: ColumnSpec, record: dict[str, Any]) -> int:
 def unpack(name: str, record: dict[str, Any]) -> dict[str, np.ndarray]:
     """Return every packed column of ``record`` as a read-only numpy array, lengths checked."""
     out: dict[str, np.ndarray] = {}
+    # columns of a record share a few count-field tuples: check each tuple's fields once
+    lengths: dict[tuple[str, ...], int] = {}
     for spec in column_specs(name):
         raw = record.get(spec.name, b"")
-        expected = _expected_len(spec, record)
+        expected = lengths.get(spec.count_fields)
+        if expected is None:
+            expected = lengths[spec.count_fields] = _expected_len(spec, record)
         if len(raw) != expected * spec.dtype.itemsize:
             raise FrameShapeError(
                 f"{name}.{spec.name}: {len(raw)} bytes, expected {expected} x "

@@ -58,42 +58,54 @@ class PaneStore:
         """Add rows: ``panes[i]`` and ``entities[i]`` locate row ``values[i, :]``.
 
         ``entities`` is one name per row, or one name for every row (the common case of a
-        frame of one entity, which skips the sort by entity). ``values`` has one column per
-        feature, in ``feature_names`` order; NaN means absent.
+        frame of one entity, which skips the grouping by entity). ``values`` has one column
+        per feature, in ``feature_names`` order; NaN means absent.
         """
         if len(panes) == 0:
             return
-        keys = np.asarray(panes, dtype=np.int64)
-        groups: list[tuple[int, str, slice | np.ndarray]]
-        if isinstance(entities, str):
-            groups = [(pane, entities, rows) for pane, rows in _pane_groups(keys)]
-        else:
-            # Group rows by (pane, entity); frames hold few groups, so a loop is cheap.
-            ent = np.asarray(entities, dtype=object)
-            order = np.lexsort((ent.astype(str), keys))
-            keys_sorted, ent_sorted = keys[order], ent[order]
-            boundaries = np.flatnonzero(
-                (np.diff(keys_sorted) != 0) | (ent_sorted[1:] != ent_sorted[:-1])
-            )
-            starts = np.concatenate(([0], boundaries + 1))
-            ends = np.concatenate((boundaries + 1, [len(order)]))
-            groups = [
-                (int(keys_sorted[start]), str(ent_sorted[start]), order[start:end])
-                for start, end in zip(starts, ends, strict=True)
-            ]
+        groups = _groups(np.asarray(panes, dtype=np.int64).tolist(), entities)
         # Row-major, so a column's sum adds rows in order whatever the caller's layout (the
         # summation order, and so the last bit, must not depend on it).
         values = np.ascontiguousarray(values)
+        if len(groups) > 1:
+            # One gather puts every group's rows next to each other (in row order), so each
+            # group below is a slice.
+            order = np.fromiter(
+                (row for _, _, rows in groups for row in rows), np.intp, len(values)
+            )
+            values = values[order]
         finite = np.isfinite(values)
+        if values.dtype.kind == "f" and np.count_nonzero(finite) == finite.size:
+            self._add_finite(groups, values)
+        else:
+            self._add_masked(groups, values, finite)
+
+    def _add_finite(self, groups: list[_Group], values: np.ndarray) -> None:
+        """Add rows of floats without NaN or inf: reduced as they are."""
+        start = 0
+        for pane, entity, rows in groups:
+            block = values[start : start + len(rows)]
+            start += len(rows)
+            cell = self._cell(pane, entity)
+            cell.total += np.add.reduce(block, axis=0)
+            cell.count += len(rows)
+            np.maximum(cell.high, np.maximum.reduce(block, axis=0), out=cell.high)
+            np.minimum(cell.low, np.minimum.reduce(block, axis=0), out=cell.low)
+
+    def _add_masked(self, groups: list[_Group], values: np.ndarray, finite: np.ndarray) -> None:
+        """Add rows, skipping NaN and inf values."""
         clean = np.where(finite, values, 0.0)
         high_src = np.where(finite, values, -np.inf)
         low_src = np.where(finite, values, np.inf)
+        start = 0
         for pane, entity, rows in groups:
+            block = slice(start, start + len(rows))
+            start += len(rows)
             cell = self._cell(pane, entity)
-            cell.total += clean[rows].sum(axis=0)
-            cell.count += finite[rows].sum(axis=0)
-            np.maximum(cell.high, high_src[rows].max(axis=0), out=cell.high)
-            np.minimum(cell.low, low_src[rows].min(axis=0), out=cell.low)
+            cell.total += np.add.reduce(clean[block], axis=0)
+            cell.count += np.add.reduce(finite[block], axis=0)
+            np.maximum(cell.high, np.maximum.reduce(high_src[block], axis=0), out=cell.high)
+            np.minimum(cell.low, np.minimum.reduce(low_src[block], axis=0), out=cell.low)
 
     def _cell(self, pane: int, entity: str) -> Cell:
         by_entity = self.cells.get(pane)
@@ -120,15 +132,11 @@ class PaneStore:
 
     def window(self, panes: Iterable[int]) -> dict[str, Cell]:
         """Combined cells of the given panes, per entity."""
-        out: dict[str, Cell] = {}
+        parts: dict[str, list[Cell]] = {}
         for pane in panes:
             for entity, cell in self.cells.get(pane, {}).items():
-                acc = out.get(entity)
-                if acc is None:
-                    acc = Cell.empty(len(self.feature_names))
-                    out[entity] = acc
-                acc.merge(cell)
-        return out
+                parts.setdefault(entity, []).append(cell)
+        return {entity: _combined(cells) for entity, cells in parts.items()}
 
     def evict_before(self, pane: int) -> None:
         """Forget panes older than ``pane`` (no open window needs them)."""
@@ -137,31 +145,51 @@ class PaneStore:
 
     def values(self, cell: Cell, stats: dict[str, Stat]) -> dict[str, float]:
         """Feature values of a combined cell, each by its statistic; absent features omitted."""
+        # Python floats: the same IEEE double arithmetic, without a numpy scalar per element.
+        total, count = cell.total.tolist(), cell.count.tolist()
+        high, low = cell.high.tolist(), cell.low.tolist()
         out: dict[str, float] = {}
         for name, stat in stats.items():
             i = self._index[name]
-            if cell.count[i] == 0:
+            if count[i] == 0:
                 continue
             if stat == "mean":
-                out[name] = float(cell.total[i] / cell.count[i])
+                out[name] = total[i] / count[i]
             elif stat == "max":
-                out[name] = float(cell.high[i])
+                out[name] = high[i]
             elif stat == "min":
-                out[name] = float(cell.low[i])
+                out[name] = low[i]
             elif stat == "sum":
-                out[name] = float(cell.total[i])
+                out[name] = total[i]
             else:
                 raise ValueError(f"unknown statistic {stat!r} for feature {name}")
         return out
 
 
-def _pane_groups(keys: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
-    """Rows per pane, in row order within a pane (one slice when all rows share a pane)."""
-    if bool((keys == keys[0]).all()):
-        return [(int(keys[0]), slice(None))]
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    cuts = np.flatnonzero(np.diff(ordered)) + 1
-    return [
-        (int(ordered[rows[0]]), order[rows]) for rows in np.split(np.arange(len(ordered)), cuts)
-    ]
+def _combined(cells: list[Cell]) -> Cell:
+    """The cells merged in order. Starting from a copy of the first is what merging it into an
+    empty cell gives: a total is never -0.0 (it starts at +0.0), so adding it to +0.0 changes
+    no bit, and the maximum with -inf (minimum with inf) is the value itself."""
+    first = cells[0]
+    acc = Cell(first.total.copy(), first.count.copy(), first.high.copy(), first.low.copy())
+    for cell in cells[1:]:
+        acc.merge(cell)
+    return acc
+
+
+_Group = tuple[int, str, Sequence[int]]
+
+
+def _groups(panes: list[int], entities: Sequence[str] | str) -> list[_Group]:
+    """Rows per (pane, entity), sorted by pane then entity, rows in row order within each."""
+    if isinstance(entities, str) and panes.count(panes[0]) == len(panes):
+        return [(panes[0], entities, range(len(panes)))]
+    names = [entities] * len(panes) if isinstance(entities, str) else entities
+    rows_of: dict[tuple[int, str], list[int]] = {}
+    for row, key in enumerate(zip(panes, names, strict=True)):
+        rows = rows_of.get(key)
+        if rows is None:
+            rows_of[key] = [row]
+        else:
+            rows.append(row)
+    return [(pane, str(entity), rows) for (pane, entity), rows in sorted(rows_of.items())]

@@ -8,6 +8,8 @@ rank is slow *compared with its group*, not against a fixed number.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -87,15 +89,51 @@ def add_peer_ratios(views: Iterable[EntityView], features: Iterable[str]) -> Non
         values = {v.entity: v.features[feature] for v in group if feature in v.features}
         if len(values) < 2:
             continue
+        medians = _medians_of_others(values)
+        floor = _floor(feature)
         for view in group:
             if feature not in view.features:
                 continue
-            others = [x for e, x in values.items() if e != view.entity]
-            median = float(np.median(others))
+            median = medians[view.entity]
             view.features[f"{feature}_peers_median"] = median
-            view.features[f"{feature}_peer_ratio"] = view.features[feature] / max(
-                median, _floor(feature)
-            )
+            view.features[f"{feature}_peer_ratio"] = view.features[feature] / max(median, floor)
+
+
+def _medians_of_others(values: dict[str, float]) -> dict[str, float]:
+    """Per entity, ``np.median`` of the other entities' values, from one sort of them all."""
+    ordered = sorted(values.values())
+    if not _median_by_sort_exact(ordered):
+        return {
+            entity: float(np.median([x for e, x in values.items() if e != entity]))
+            for entity in values
+        }
+    return {entity: _middle(ordered, skip=bisect_left(ordered, x)) for entity, x in values.items()}
+
+
+def _median(values: list[float]) -> float:
+    """``float(np.median(values))`` without numpy's per-call cost on a handful of values."""
+    ordered = sorted(values)
+    if not ordered or not _median_by_sort_exact(ordered):
+        return float(np.median(values))
+    return _middle(ordered, skip=len(ordered))
+
+
+def _median_by_sort_exact(ordered: list[float]) -> bool:
+    """Whether :func:`_middle` gives ``np.median``'s bits: not with NaN (sorting is undefined
+    with it) nor -0.0 (numpy's mean of the middle values adds it to +0.0)."""
+    return not any(x != x or (x == 0 and math.copysign(1.0, x) < 0) for x in ordered)
+
+
+def _middle(ordered: list[float], skip: int) -> float:
+    """Median of sorted values leaving out index ``skip`` (``len(ordered)``: none), as numpy
+    computes it: the middle value, or the mean of the two middle values."""
+    n = len(ordered) - (skip < len(ordered))
+    mid = n // 2
+    upper = float(ordered[mid if mid < skip else mid + 1])
+    if n % 2:
+        return upper
+    lower = float(ordered[mid - 1 if mid - 1 < skip else mid])
+    return (lower + upper) / 2
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
@@ -139,8 +177,8 @@ def _rank_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
             view.sources_present.add("gpu")
             peers = gpu_clock.get(place.deployment, [])
             if "sm_clock_ratio" in g and len(peers) >= 2:
-                view.features["gpu.sm_clock_ratio_peer_delta"] = g["sm_clock_ratio"] - float(
-                    np.median(peers)
+                view.features["gpu.sm_clock_ratio_peer_delta"] = g["sm_clock_ratio"] - _median(
+                    peers
                 )
         for source in ("nccl", "gpu"):
             if _silent(inputs, place.deployment, source, place.node):
@@ -467,8 +505,8 @@ def _fabric_views(
             v.features["nic.congestion_events_per_s"] >= CONGESTION_EVENTS_PER_S for v in views
         ]
         view.features["fabric.congested_port_share"] = float(np.mean(congested))
-        view.features["fabric.congestion_events_per_s_median"] = float(
-            np.median([v.features["nic.congestion_events_per_s"] for v in views])
+        view.features["fabric.congestion_events_per_s_median"] = _median(
+            [v.features["nic.congestion_events_per_s"] for v in views]
         )
         view.features["fabric.ports"] = float(len(views))
         view.sources_present.add("nic")

@@ -41,7 +41,7 @@ class GpuExtractor(Extractor):
             return span(ts)
         node = record["node"]
         idx = cols["gpu_index"]
-        entities = [f"{node}/gpu{int(i)}" for i in idx]
+        entities = [f"{node}/gpu{i}" for i in idx.tolist()]
         clock_max = cols["sm_clock_max_mhz"].astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             clock_ratio = np.where(clock_max > 0, cols["sm_clock_mhz"] / clock_max, np.nan)
@@ -67,8 +67,8 @@ class GpuExtractor(Extractor):
     def _replay_rates(self, entities: list[str], ts: np.ndarray, totals: np.ndarray) -> np.ndarray:
         """Per-row replay rate from the cumulative counter; a decrease is a reset (rate NaN)."""
         out = np.full(len(ts), np.nan)
-        for i, entity in enumerate(entities):
-            t, v = int(ts[i]), int(totals[i])
+        rows = zip(entities, ts.tolist(), totals.tolist(), strict=True)
+        for i, (entity, t, v) in enumerate(rows):
             prev = self._last_replay.get(entity)
             self._last_replay[entity] = (t, v)
             if prev is None or t <= prev[0] or v < prev[1]:

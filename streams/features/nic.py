@@ -43,24 +43,35 @@ class NicExtractor(Extractor):
         self.port_plane[entity] = record["plane"]
         self.port_fabric[entity] = record["fabric"]
         matrix = cols["counter_values"].reshape(record["n_counters"], n)
-        take, into = self._layout(record["counter_names"])
-        known = np.full((len(RATE_COUNTERS), n), np.nan)
-        known[into] = matrix[take]
+        known = self._known(record["counter_names"], matrix)
         prev = self._last.get(entity)
         self._last[entity] = (int(ts[-1]), known[:, -1].copy())
         if prev is None:
             prev_ts, prev_vals = int(ts[0]), known[:, 0]
         else:
             prev_ts, prev_vals = prev
+        # Row-major (one row per sample time, as the pane store adds them): no transposed copy.
         all_ts = np.concatenate(([prev_ts], ts)).astype(np.int64)
-        all_vals = np.concatenate((prev_vals[:, None], known), axis=1)
-        delta = np.diff(all_vals, axis=1)
-        dt_s = np.diff(all_ts) / 1e9
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rates = np.where((delta >= 0) & (dt_s > 0), delta / dt_s, np.nan)
-        tx = rates[RATE_COUNTERS.index("tx_bytes_phy")]
-        self.store.add_rows(self.panes(ts), entity, np.vstack([rates, tx]).T)
+        all_vals = np.concatenate((prev_vals[None, :], known.T))
+        delta = all_vals[1:] - all_vals[:-1]
+        dt_s = ((all_ts[1:] - all_ts[:-1]) / 1e9)[:, None]
+        valid = (delta >= 0) & (dt_s > 0)
+        rates = np.divide(delta, dt_s, out=np.full(delta.shape, np.nan), where=valid)
+        tx = RATE_COUNTERS.index("tx_bytes_phy")
+        self.store.add_rows(
+            self.panes(ts), entity, np.concatenate((rates, rates[:, tx : tx + 1]), axis=1)
+        )
         return span(ts)
+
+    def _known(self, names: list[str], matrix: np.ndarray) -> np.ndarray:
+        """The rate counters' rows of the frame's counter matrix as floats, in RATE_COUNTERS
+        order; NaN rows for those the frame lacks."""
+        if len(matrix) == len(RATE_COUNTERS) and tuple(names) == RATE_COUNTERS:
+            return matrix.astype(np.float64)  # the agents' usual list: every row, in order
+        take, into = self._layout(names)
+        known = np.full((len(RATE_COUNTERS), matrix.shape[1]), np.nan)
+        known[into] = matrix[take]
+        return known
 
     def _layout(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the frame's counter matrix that hold a rate counter, and which ones

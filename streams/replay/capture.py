@@ -37,6 +37,7 @@ CAPTURE_SCHEMA: dict[str, Any] = {
     ],
 }
 _PARSED = fastavro.parse_schema(CAPTURE_SCHEMA)
+MAX_CACHED_KEYS = 4096  # partitions of keys remembered (a capture repeats a few keys)
 
 
 class CaptureFormatError(ValueError):
@@ -83,6 +84,7 @@ class CaptureReader:
         except OSError as exc:
             raise CaptureFormatError(f"capture file {path}: {exc}") from exc
         self._handle: IO[bytes] | None = None
+        self._partition_of: dict[bytes | None, int] = {}
 
     @property
     def fraction_read(self) -> float:
@@ -103,6 +105,15 @@ class CaptureReader:
             for i, rec in enumerate(reader):
                 yield self._message(i, rec)  # type: ignore[arg-type]
 
+    def _partition(self, key: bytes | None) -> int:
+        """``partition_for(key)``, murmur2 hashing each distinct key once."""
+        partition = self._partition_of.get(key)
+        if partition is None:
+            if len(self._partition_of) >= MAX_CACHED_KEYS:
+                self._partition_of.clear()
+            partition = self._partition_of[key] = partition_for(key, self.partitions)
+        return partition
+
     def _message(self, index: int, rec: dict[str, Any]) -> RawMessage:
         try:
             key = rec.get("key")
@@ -114,7 +125,7 @@ class CaptureReader:
                 ts_ms = int(rec["event_time_ns"]) // 1_000_000
             return RawMessage(
                 topic=rec["topic"],
-                partition=partition_for(key, self.partitions),
+                partition=self._partition(key),
                 offset=index,
                 key=key,
                 value=rec["value"],

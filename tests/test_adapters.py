@@ -502,6 +502,10 @@ def test_kv_capacity_is_zero_when_cache_config_does_not_say() -> None:
     assert "3" not in scrape.engines  # config alone is no engine sample
     record, _ = _roundtrip(vllm_frames(text, _ctx(), TS_NS).frames[0])
     assert record["kv_capacity_tokens"] == 0
+    shared = 'vllm:cache_config_info{block_size="16",num_gpu_blocks="100"} 1.0\n' + (
+        'vllm:num_requests_waiting{engine="0"} 1\nvllm:num_requests_waiting{engine="1"} 2\n'
+    )
+    assert [e.kv_capacity_tokens for e in parse_vllm(shared).engines.values()] == [1600, 1600]
 
 
 def test_two_engines_give_two_frames_named_per_engine() -> None:

@@ -83,10 +83,10 @@ def from_exposition(expo: Exposition) -> VllmScrape:
             snap.kv_cache_usage_ratio = sample.value
         elif sample.name == _CACHE_CONFIG:
             capacities.setdefault(engine, _kv_capacity_tokens(sample.labels))
-    # config alone makes no frame: it only completes an engine whose gauges were seen
-    for engine, capacity in capacities.items():
-        if engine in scrape.engines:
-            scrape.engines[engine].kv_capacity_tokens = capacity
+    # Config alone makes no frame: it completes the engines whose gauges were seen. An
+    # unlabelled config is the server's, shared by its data-parallel engines.
+    for engine, snap in scrape.engines.items():
+        snap.kv_capacity_tokens = capacities.get(engine, capacities.get("", 0))
     return scrape
 
 

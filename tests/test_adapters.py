@@ -508,6 +508,15 @@ def test_kv_capacity_is_zero_when_cache_config_does_not_say() -> None:
     assert [e.kv_capacity_tokens for e in parse_vllm(shared).engines.values()] == [1600, 1600]
 
 
+def test_configured_max_num_seqs_fills_the_batch_capacity_vllm_does_not_export() -> None:
+    text = 'vllm:num_requests_running{model_name="m"} 3\n'
+    ctx = FrameContext("llama70b-a", "node07", replica="llama70b-a-r0", batch_capacity=256)
+    _, cols = _roundtrip(vllm_frames(text, ctx, TS_NS).frames[0])
+    assert cols["batch_capacity"].tolist() == [256]
+    _, cols = _roundtrip(vllm_frames(text, _ctx(), TS_NS).frames[0])
+    assert cols["batch_capacity"].tolist() == [-1]
+
+
 def test_two_engines_give_two_frames_named_per_engine() -> None:
     text = (
         'vllm:num_requests_waiting{engine="1",model_name="m"} 4\n'

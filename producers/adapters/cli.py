@@ -48,6 +48,13 @@ def add_scrape_parser(produce_sub: argparse._SubParsersAction) -> None:
         "--fabric", default="roce", choices=FABRICS, help="link layer when the text does not say"
     )
     p.add_argument("--plane", default="east_west", choices=PLANES, help="traffic plane")
+    p.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=-1,
+        help="engine formats: the engine's configured max running sequences, reported as "
+        "batch_capacity when the endpoint does not export it (vLLM does not)",
+    )
     p.set_defaults(func=run_scrape)
 
 
@@ -62,7 +69,13 @@ def run_scrape(args: argparse.Namespace) -> int:
     """Handler: 0 when at least one scrape succeeded (or the loop was stopped), else 1."""
     settings = load_settings(Path(args.config) if getattr(args, "config", None) else None)
     fetch = make_fetch(args.url, args.file, args.command, timeout_s=args.timeout_s)
-    ctx = FrameContext(args.deployment, args.node, clock_id=args.clock_id, replica=args.replica)
+    ctx = FrameContext(
+        args.deployment,
+        args.node,
+        clock_id=args.clock_id,
+        replica=args.replica,
+        batch_capacity=args.max_num_seqs,
+    )
     producer = EventProducer(settings)
     scraper = Scraper(
         fetch,

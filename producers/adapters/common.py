@@ -72,6 +72,9 @@ class FrameContext:
     clock_id: str = "realtime"
     replica: str = ""
     frame_seq: int = 0
+    # engine formats: the configured maximum running sequences (vLLM's max_num_seqs) when the
+    # endpoint does not export it; without it the free-batch-slot features are unavailable
+    batch_capacity: int = MISSING_INT
     _counter: Any = field(default=None, repr=False)
 
     def next_seq(self) -> int:

@@ -50,7 +50,11 @@ def engine_frame(snapshot: EngineSnapshot, ctx: FrameContext, ts_ns: int) -> Fra
         "ts_ns": [ts_ns],
         "num_running": [snapshot.num_running],
         "num_waiting": [snapshot.num_waiting],
-        "batch_capacity": [snapshot.batch_capacity],
+        "batch_capacity": [
+            ctx.batch_capacity
+            if snapshot.batch_capacity == MISSING_INT
+            else snapshot.batch_capacity
+        ],
         "kv_cache_usage_ratio": [snapshot.kv_cache_usage_ratio],
         "preemptions_total": [snapshot.preemptions_total],
         "prompt_tokens_total": [snapshot.prompt_tokens_total],

@@ -18,7 +18,8 @@ kv_capacity_tokens         ``vllm:cache_config_info`` labels ``num_gpu_blocks`` 
 =========================  ==========================================================
 
 Sentinels for what vLLM does not export: ``batch_capacity`` (max_num_seqs is not in
-/metrics), ``step_duration_ns`` (no per-step timing; inter-token-latency histograms are
+/metrics; ``FrameContext.batch_capacity``, ``produce scrape --max-num-seqs``, supplies the
+configured value), ``step_duration_ns`` (no per-step timing; inter-token-latency histograms are
 per request) and ``tokenizer_queue_depth`` are ``-1``; a missing gauge is ``-1`` (counts) or
 ``NaN`` (``kv_cache_usage_ratio``).
 

@@ -27,6 +27,7 @@ up to the freeze cap (the rule still needs it to cost its peers >= 3 % of each s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from streams.views import EntityView, beyond_spread
 
@@ -49,6 +50,7 @@ class LastArriverBaseline:
     max_freeze_windows: int = 2400  # 10 min of 250 ms hops
     min_steps: float = 8.0
     idle_windows: int = 2400  # 10 min of 250 ms hops
+    PRUNE_EVERY_WINDOWS: ClassVar[int] = 240  # forget idle ranks once a minute of 250 ms hops
     _ranks: dict[str, _RankState] = field(default_factory=dict)
     _window: int = 0
 
@@ -88,6 +90,6 @@ class LastArriverBaseline:
                 state.frozen_windows = 0
             state.share += self.alpha * (share - state.share)
             state.windows += 1
-        if self._window % 240 == 0:
+        if self._window % self.PRUNE_EVERY_WINDOWS == 0:
             stale = self._window - self.idle_windows
             self._ranks = {r: s for r, s in self._ranks.items() if s.last_window >= stale}

@@ -195,7 +195,14 @@ class Detector:
             last_pane - self.config.share_window_ns // spec.hop_ns + 1, last_pane + 1
         )
         requests_long = self.requests.window(share_panes)
-        for deployment, values in windows["EngineRequestFrame"].items():
+        in_window = windows["EngineRequestFrame"]
+        # A replica with no request event in this window still has its 10 s arrivals (the
+        # fleet's shares need them: leaving an idle moment out read its peer as taking every
+        # request) and its still-waiting requests (the harm of a stalled queue).
+        for deployment in list(requests_long) + list(self.requests.open):
+            if deployment not in in_window:
+                in_window[deployment] = {"arrivals": 0.0}
+        for deployment, values in in_window.items():
             long = requests_long.get(deployment, {})
             values["arrivals_long"] = long.get("arrivals", 0.0)
             if "prompt_tokens_mean" in long:

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from models.detector import Detector, DetectorConfig
 from models.runbook import Runbook, load_runbook
 from models.scoring import clean_summary, confusion, episodes, match_labels, score
+from models.utilization import Utilization
 from schemas.columns import unpack
 
 EPISODE_SLOT_NS = 10**13  # 10,000 s of event time between episodes once scored together
@@ -54,7 +53,7 @@ class EpisodeResult:
     sim_s: float
     wall_s: float
     node_count: int
-    utilization: float  # mean over engine samples of max(batch fill, KV usage)
+    utilization: dict[str, float]  # models.utilization: busy, batch, kv, prefill
 
 
 def run_episode(args: tuple[Any, frozenset[str], str, int]) -> EpisodeResult:
@@ -70,13 +69,12 @@ def run_episode(args: tuple[Any, frozenset[str], str, int]) -> EpisodeResult:
     for record in sim.topology:
         det.process("TopologyRecord", record)
     verdicts: list[dict[str, Any]] = []
-    busy_sum, busy_n = 0.0, 0
+    busy = Utilization(
+        {d.name: 1e6 / d.model.prefill_us_per_token for d in episode.scenario.deployments}
+    )
     for frame in sim.frames(duration_s=episode.duration_s):
         if frame.schema == "EngineSampleFrame":
-            cols = unpack(frame.schema, frame.record)
-            cap = np.maximum(cols["batch_capacity"], 1)
-            busy = np.maximum(cols["num_running"] / cap, cols["kv_cache_usage_ratio"])
-            busy_sum, busy_n = busy_sum + float(busy.sum()), busy_n + len(busy)
+            busy.add(frame.record["deployment"], unpack(frame.schema, frame.record))
         if frame.schema in skip:
             continue
         verdicts += [o.record for o in det.process(frame.schema, frame.record)]
@@ -97,7 +95,7 @@ def run_episode(args: tuple[Any, frozenset[str], str, int]) -> EpisodeResult:
         sim_s=episode.duration_s,
         wall_s=time.perf_counter() - started,
         node_count=len(det.topology.nodes()),
-        utilization=busy_sum / busy_n if busy_n else 0.0,
+        utilization=busy.summary(),
     )
 
 
@@ -177,7 +175,8 @@ def evaluate(
             "node_hours": summary["node_hours"],
             "false_per_node_hour": summary["false_episodes_per_node_hour"],
             "by_condition": summary["by_condition"],
-            "utilization": round(res.utilization, 4),
+            "utilization": round(res.utilization["busy"], 4),
+            "utilization_parts": {k: round(v, 4) for k, v in res.utilization.items()},
         }
     out["novel"] = _novel(novel_episodes, seed, without_sources, runbook_path, runbook, processes)
     unattributed = sum(

@@ -44,7 +44,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"- clean `{name}`: {clean['false_verdicts']} false verdict episodes in "
             f"{clean['node_hours']:.3f} node-hours ({clean['false_per_node_hour']} per node-hour), "
-            f"utilization {clean['utilization']:.0%}; by condition {clean['by_condition']}"
+            f"utilization {clean['utilization']:.0%}{_parts(clean)}; "
+            f"by condition {clean['by_condition']}"
         )
     novel = result.get("novel")
     if novel:
@@ -56,3 +57,14 @@ def markdown(result: dict[str, Any]) -> str:
             "per node-hour on the clean traces"
         )
     return "\n".join(lines) + "\n"
+
+
+def _parts(clean: dict[str, Any]) -> str:
+    """The shares behind the utilization (models/utilization.py), when the run has them."""
+    parts = clean.get("utilization_parts")
+    if not parts:
+        return ""
+    return (
+        f" (mean of the largest share per sample; means: batch {parts['batch']:.0%}, "
+        f"KV {parts['kv']:.0%}, prefill {parts['prefill']:.0%})"
+    )

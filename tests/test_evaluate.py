@@ -28,7 +28,9 @@ def test_reference_straggler_episode_is_detected_and_attributed(suite: list) -> 
     row = scored["conditions"]["tp-straggler"]
     assert row["recall"] == 1.0 and row["attribution"] == 1.0
     assert row["latency_p50_s"] is not None and row["latency_p50_s"] < 5
-    assert 0.0 < result.utilization <= 1.0
+    busy = result.utilization
+    assert 0.0 < busy["busy"] <= 1.0
+    assert busy["busy"] >= max(busy["batch"], busy["kv"], busy["prefill"])
 
 
 def test_without_nic_the_retransmit_storm_is_not_seen(suite: list) -> None:

@@ -24,6 +24,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         runbook_path=args.runbook or "",
         processes=args.processes,
         novel_episodes=args.novel_episodes,
+        clean_segments=args.clean_segments,
     )
     write(result, Path(args.json))
     if args.markdown:
@@ -38,6 +39,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(
             f"clean {name}: {clean['false_verdicts']} false verdicts in "
             f"{clean['node_hours']:.3f} node-hours (utilization {clean['utilization']:.0%})"
+        )
+    for name, seg in result.get("clean_segments", {}).items():
+        print(
+            f"clean {name}, {seg['segments']} stretches: {seg['false_verdicts']} false verdicts "
+            f"in {seg['node_hours']:.3f} node-hours {seg['by_condition']}"
         )
     novel = result["novel"]
     print(
@@ -61,6 +67,12 @@ def add_evaluate_commands(sub: argparse._SubParsersAction) -> None:
         "--duration-s", type=float, default=30.0, help="simulated seconds per episode"
     )
     parser.add_argument("--clean-duration-s", type=float, default=120.0, help="per Azure clean run")
+    parser.add_argument(
+        "--clean-segments",
+        type=int,
+        default=0,
+        help="also replay N stretches spread over each whole Azure trace (false verdicts there)",
+    )
     parser.add_argument("--without-sources", default="", help="ablation, e.g. dpu,nic")
     parser.add_argument("--runbook", help="runbook TOML (default: the bundled one)")
     parser.add_argument("--novel-episodes", type=int, default=3, help="novel-fault episodes")

@@ -9,7 +9,8 @@ before scoring, so episodes never match each other's labels.
 The headline table (``conditions``) scores the reference-severity episodes together with the
 look-alikes (whose verdicts are false positives); ``recall_by_severity`` comes from all fault
 episodes, the severity sweep included. ``clean`` runs the Azure trace scenarios with no fault
-and counts false verdict episodes per node-hour.
+and counts false verdict episodes per node-hour; ``clean_segments`` (``--clean-segments N``)
+does the same on N stretches spread over each whole trace (models/clean_segments.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.clean_segments import clean_segments as segments_of
 from models.detector import Detector, DetectorConfig
 from models.runbook import Runbook, load_runbook
 from models.scoring import clean_summary, confusion, episodes, match_labels, score
@@ -120,6 +122,7 @@ def evaluate(
     processes: int | None = None,
     progress: bool = True,
     novel_episodes: int = 3,
+    clean_segments: int = 0,
 ) -> dict[str, Any]:
     from producers.sim import load_scenario
     from producers.sim.suite import Episode, make_suite
@@ -189,6 +192,14 @@ def evaluate(
     samples = sum(r.samples for r in results)
     wall = sum(r.wall_s for r in results)
     out["clean"] = clean_runs
+    if clean_segments > 0:
+        out["clean_segments"] = segments_of(
+            ("azure-code", "azure-conv"),
+            clean_segments,
+            seed,
+            clean_duration_s,
+            lambda eps: _stream(eps, without_sources, runbook_path, processes),
+        )
     out["confusion"] = confusion(outcomes)
     out["suite"] = {
         "episodes_per_condition": episodes_per_condition,

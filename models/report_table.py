@@ -47,6 +47,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"utilization {clean['utilization']:.0%}{_parts(clean)}; "
             f"by condition {clean['by_condition']}"
         )
+    for name, seg in result.get("clean_segments", {}).items():
+        low, high = seg["utilization_range"] or (0.0, 0.0)
+        lines.append(
+            f"- `{name}` over its whole trace, {seg['segments']} stretches of "
+            f"{seg['duration_s']:g} s (offsets spread evenly, compression "
+            f"{seg['time_compression']:g}): {seg['false_verdicts']} false verdict episodes in "
+            f"{seg['node_hours']:.3f} node-hours ({seg['false_per_node_hour']} per node-hour), "
+            f"by condition {seg['by_condition']}; utilization median "
+            f"{seg['utilization_median']:.0%} ({low:.0%}-{high:.0%}); true load-harm labels "
+            f"{seg['load_labels']} (verdicts answering them are not counted false)"
+        )
     novel = result.get("novel")
     if novel:
         lines.append(

@@ -54,6 +54,21 @@ def test_markdown_table_states_targets() -> None:
         "misread_as_runbook": 1,
         "false_per_node_hour": 0.0,
     }
+    result["clean_segments"] = {
+        "azure-code": {
+            "segments": 8,
+            "duration_s": 120.0,
+            "time_compression": 1.5,
+            "node_hours": 1.067,
+            "false_verdicts": 1,
+            "false_per_node_hour": 0.937,
+            "by_condition": {"host-preprocessing-delay": 1},
+            "load_labels": {"kv-cache-pressure": 5},
+            "utilization_median": 0.3,
+            "utilization_range": [0.02, 0.66],
+        }
+    }
     table = markdown(result)
     assert table.count("\n| ") == len(runbook.conditions)  # data rows after the header
     assert "targets met" in table and "0.80 of 10 episodes" in table
+    assert "8 stretches of 120 s" in table and "(0.937 per node-hour)" in table

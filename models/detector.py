@@ -111,7 +111,7 @@ class Detector:
         )
         self.rules = RuleEngine(self.runbook)
         self.fusion = Fusion()
-        self.last_arrivers = LastArriverBaseline()
+        self.last_arrivers = LastArriverBaseline(hop_ns=self.config.window.hop_ns)
         self.anomaly = AnomalyScorer() if self.config.anomaly_model else None
         self.stats = DetectorStats()
         self._last_closed_pane: int | None = None

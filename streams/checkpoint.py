@@ -49,7 +49,8 @@ MAGIC = b"SKCK"
 # 5: the per-rank last-arriver baselines joined the state
 # 6: engine panes gained queued_with_free_slots_share and kv_headroom_tokens_queued, request
 # panes prompt_tokens_max
-FORMAT_VERSION = 6
+# 7: the last-arriver baseline keeps its durations in ns and the hop they are counted in
+FORMAT_VERSION = 7
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 

@@ -11,12 +11,12 @@ the spread rank was the last arriver before; a jittered rank was not.
 :class:`LastArriverBaseline` keeps, per rank, an exponentially weighted mean of its window
 ``nccl.last_arrival`` share (event time: one update per closed window), and sets
 ``straggler.new_last_arriver`` = 1 on a rank view when the rank is now the last arriver
-(share >= ``now_share``) but its baseline, after at least ``warmup_windows`` windows, is at most
+(share >= ``now_share``) but its baseline, after at least ``warmup_ns`` of windows, is at most
 ``baseline_share``. It does not learn while a rank with such a baseline leans late (share >=
-``freeze_share``, a window or two of dips included), for at most ``max_freeze_windows``: a
+``freeze_share``, a window or two of dips included), for at most ``max_freeze_ns``: a
 straggler that lasts stays new instead of becoming the norm (as the online models are
 protected from learning on anomalies), and after the cap (10 min) it is the norm. Ranks not
-seen for ``idle_windows`` windows are forgotten.
+seen for ``idle_ns`` are forgotten.
 
 Limits: a rank already jittered when the baseline starts (a worker restarting without its
 checkpoint, a fault older than the deployment) is learned as the norm; a rank that becomes the
@@ -27,7 +27,6 @@ up to the freeze cap (the rule still needs it to cost its peers >= 3 % of each s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from streams.views import EntityView, beyond_spread
 
@@ -42,17 +41,30 @@ class _RankState:
 
 @dataclass
 class LastArriverBaseline:
-    alpha: float = 0.05  # per window (250 ms hop): a memory of ~5 s
-    warmup_windows: int = 8
+    """Durations are event time; :meth:`__post_init__` turns them into counts of windows of
+    the detector's hop (``hop_ns``), so another hop keeps their meaning in seconds."""
+
+    hop_ns: int = 250_000_000  # the detector's window hop: one update per closed window
+    memory_ns: int = 5_000_000_000  # the baseline's time constant (alpha = hop / memory)
+    warmup_ns: int = 2_000_000_000
     baseline_share: float = 0.6  # a near-tie (two ranks last about half the time each) is not
     now_share: float = 0.75  # the last arriver yet; its breaking to one side is the change
     freeze_share: float = 0.75
-    max_freeze_windows: int = 2400  # 10 min of 250 ms hops
+    max_freeze_ns: int = 600_000_000_000  # 10 min
     min_steps: float = 8.0
-    idle_windows: int = 2400  # 10 min of 250 ms hops
-    PRUNE_EVERY_WINDOWS: ClassVar[int] = 240  # forget idle ranks once a minute of 250 ms hops
+    idle_ns: int = 600_000_000_000  # forget ranks not seen for 10 min
+    prune_every_ns: int = 60_000_000_000
     _ranks: dict[str, _RankState] = field(default_factory=dict)
     _window: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hop_ns <= 0:
+            raise ValueError(f"LastArriverBaseline: hop_ns must be positive, got {self.hop_ns}")
+        self.alpha = min(1.0, self.hop_ns / self.memory_ns)
+        self.warmup_windows = _windows(self.warmup_ns, self.hop_ns)
+        self.max_freeze_windows = _windows(self.max_freeze_ns, self.hop_ns)
+        self.idle_windows = _windows(self.idle_ns, self.hop_ns)
+        self.prune_every_windows = max(1, _windows(self.prune_every_ns, self.hop_ns))
 
     def annotate(self, views: list[EntityView]) -> None:
         """Set ``straggler.new_last_arriver`` on rank views, then learn from this window."""
@@ -90,6 +102,11 @@ class LastArriverBaseline:
                 state.frozen_windows = 0
             state.share += self.alpha * (share - state.share)
             state.windows += 1
-        if self._window % self.PRUNE_EVERY_WINDOWS == 0:
+        if self._window % self.prune_every_windows == 0:
             stale = self._window - self.idle_windows
             self._ranks = {r: s for r, s in self._ranks.items() if s.last_window >= stale}
+
+
+def _windows(duration_ns: int, hop_ns: int) -> int:
+    """Windows of hop_ns that cover duration_ns (rounded up)."""
+    return -(-duration_ns // hop_ns)

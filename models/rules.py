@@ -118,9 +118,14 @@ class RuleEngine:
         cause: Cause | None = next(
             (c for c in cond.causes if all(e.holds(view.features) for e in c.when)), None
         )
-        evidence = tuple((e, view.features[e.feature]) for e in cond.evidence)
+        # a skipped ``if_absent = "pass"`` guard has no value to show
+        evidence = tuple(
+            (e, view.features[e.feature]) for e in cond.evidence if e.feature in view.features
+        )
         if cause is not None:
-            evidence += tuple((e, view.features[e.feature]) for e in cause.when)
+            evidence += tuple(
+                (e, view.features[e.feature]) for e in cause.when if e.feature in view.features
+            )
         return Finding(
             condition=cond,
             view=view,

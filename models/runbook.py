@@ -38,12 +38,18 @@ class Evidence:
     op: str
     threshold: float
     source: str
+    # ``if_absent = "pass"``: a guard that rules out a look-alike where the telemetry reports
+    # what it needs (e.g. engine step durations, which vLLM does not export); where it is
+    # not reported the guard is skipped, so the condition keeps working on such sources.
+    # Default ``"fail"``: an absent feature is no evidence, never a healthy reading.
+    absent_passes: bool = False
 
     def holds(self, features: dict[str, float]) -> bool | None:
-        """True/False on the feature's value; None when the feature is absent."""
+        """True/False on the feature's value; when it is absent, True for an ``if_absent =
+        "pass"`` guard, else None."""
         value = features.get(self.feature)
         if value is None:
-            return None
+            return True if self.absent_passes else None
         return OPERATORS[self.op](value, self.threshold)
 
 
@@ -134,7 +140,8 @@ def _evidence(items: Any, where: str) -> tuple[Evidence, ...]:
         op = _one_of(_need(item, "op", at, str), tuple(OPERATORS), at, "op")
         threshold = float(_need(item, "threshold", at, (int, float)))
         source = _one_of(_need(item, "source", at, str), SOURCES, at, "source")
-        out.append(Evidence(feature, op, threshold, source))
+        absent = _one_of(item.get("if_absent", "fail"), ("fail", "pass"), at, "if_absent")
+        out.append(Evidence(feature, op, threshold, source, absent_passes=absent == "pass"))
     return tuple(out)
 
 

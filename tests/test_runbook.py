@@ -42,6 +42,8 @@ def _without(text: str, line: str) -> str:
         (lambda t: t + '\n[[condition]]\nid = "tp-straggler"\n', "missing field"),
         (lambda t: "this is [not toml", "not valid TOML"),
         (lambda t: t.replace("local = true", 'local = "yes"', 1), "local must be true or false"),
+        (lambda t: t.replace('if_absent = "pass"', 'if_absent = "skip"', 1),
+         "if_absent 'skip' is not one of ['fail', 'pass']"),
     ],
 )  # fmt: skip
 def test_a_malformed_runbook_fails_with_a_clear_error(mutate: object, message: str) -> None:
@@ -161,3 +163,38 @@ def test_a_firing_verdict_keeps_suppressing_through_its_hysteresis() -> None:
     assert [(r["condition"], r["state"]) for r in emitted] == [("request-length-skew", "resolved")]
     emitted = fusion.update([finding("kv-cache-pressure")], 6 * hop)
     assert [(r["condition"], r["state"]) for r in emitted] == [("kv-cache-pressure", "firing")]
+
+
+@pytest.mark.parametrize(("step_ms", "fires"), [(40.0, True), (650.0, False), (None, True)])
+def test_pre_processing_is_not_read_from_long_engine_steps(
+    step_ms: float | None, fires: bool
+) -> None:
+    """A request that reaches the engine during a step waits for the step to end; with the
+    0.3-0.7 s steps of a burst of very long prompts, the arrival-to-prefill envelope is that
+    wait, not pre-processing, and host-preprocessing-delay is withheld. Where the engine does
+    not report step durations (vLLM) the guard is skipped, and the verdict names no value."""
+    from models.rules import RuleEngine
+    from streams.views import EntityView
+
+    engine = RuleEngine(load_runbook())
+    found = []
+    for _ in range(8):
+        view = EntityView("llama70b-a", "replica", "llama70b-a", node="node00")
+        view.sources_present.add("engine")
+        view.features.update(
+            {
+                "requests.arrival_to_prefill_s_per_ktok_min_peer_ratio": 6.0,
+                "requests.arrival_to_prefill_s_min": 0.26,
+                "engine.kv_blocked_share": 0.0,
+                "engine.batch_fill_ratio": 0.3,
+                "engine.num_waiting": 0.0,
+            }
+        )
+        if step_ms is not None:
+            view.features["engine.step_duration_ns"] = step_ms * 1e6
+        findings = engine.evaluate([view])
+        found += [f.condition.id for f in findings]
+    assert ("host-preprocessing-delay" in found) is fires
+    if fires:
+        shown = {e.feature for e, _ in findings[0].evidence}
+        assert ("engine.step_duration_ns" in shown) is (step_ms is not None)

@@ -32,6 +32,23 @@ def segment_offsets_s(
     return [round(float(x), 1) for x in np.linspace(0.0, last, count)]
 
 
+def clean_episode(episode_id: str, scenario: Any, seed: int, duration_s: float) -> Any:
+    """A suite Episode of a scenario with no fault (scored as clean traffic)."""
+    from producers.sim.suite import Episode
+
+    return Episode(
+        episode_id=episode_id,
+        condition="clean",
+        scenario=scenario,
+        seed=seed,
+        duration_s=duration_s,
+        faults=(),
+        reference=False,
+        severity=0.0,
+        lookalike=False,
+    )
+
+
 def clean_segments(
     names: Iterable[str],
     count: int,
@@ -43,7 +60,6 @@ def clean_segments(
     load labels. ``run`` maps a list of suite Episodes to EpisodeResults (in order)."""
     from producers.sim import load_scenario
     from producers.sim.arrivals import read_trace, trace_path
-    from producers.sim.suite import Episode
 
     out: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -54,18 +70,13 @@ def clean_segments(
             float(offsets_ns[-1]) / 1e9, duration_s, work.time_compression, count
         )
         episodes = [
-            Episode(
-                episode_id=f"clean-{name}-at-{offset:g}s",
-                condition="clean",
-                scenario=dataclasses.replace(
+            clean_episode(
+                f"clean-{name}-at-{offset:g}s",
+                dataclasses.replace(
                     scenario, workload=dataclasses.replace(work, trace_offset_s=offset)
                 ),
-                seed=seed,
-                duration_s=duration_s,
-                faults=(),
-                reference=False,
-                severity=0.0,
-                lookalike=False,
+                seed,
+                duration_s,
             )
             for offset in offsets
         ]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.clean_segments import clean_episode
 from models.clean_segments import clean_segments as segments_of
 from models.detector import Detector, DetectorConfig
 from models.runbook import Runbook, load_runbook
@@ -125,7 +126,7 @@ def evaluate(
     clean_segments: int = 0,
 ) -> dict[str, Any]:
     from producers.sim import load_scenario
-    from producers.sim.suite import Episode, make_suite
+    from producers.sim.suite import make_suite
 
     runbook: Runbook = load_runbook(Path(runbook_path)) if runbook_path else load_runbook()
     processes = processes or os.cpu_count() or 1
@@ -158,18 +159,7 @@ def evaluate(
     outcomes = match_labels([x for r in results for x in r.labels], all_eps, 5e9)
     clean_runs = {}
     for name in ("azure-code", "azure-conv"):
-        scenario = load_scenario(name)
-        ep = Episode(
-            episode_id=f"clean-{name}",
-            condition="clean",
-            scenario=scenario,
-            seed=seed,
-            duration_s=clean_duration_s,
-            faults=(),
-            reference=False,
-            severity=0.0,
-            lookalike=False,
-        )
+        ep = clean_episode(f"clean-{name}", load_scenario(name), seed, clean_duration_s)
         res = run_episode((ep, without_sources, runbook_path, 0))
         node_hours = res.node_count * res.sim_s / 3600
         summary = clean_summary(res.verdicts, node_hours, res.labels)

@@ -11,7 +11,7 @@ the spread rank was the last arriver before; a jittered rank was not.
 :class:`LastArriverBaseline` keeps, per rank, an exponentially weighted mean of its window
 ``nccl.last_arrival`` share (event time: one update per closed window), and sets
 ``straggler.new_last_arriver`` = 1 on a rank view when the rank is now the last arriver
-(share >= ``now_share``) but its baseline, after at least ``warmup_ns`` of windows, is at most
+(share >= ``now_share``) but its baseline, after at least ``warmup_ns`` of event time, is at most
 ``baseline_share``. It does not learn while a rank with such a baseline leans late (share >=
 ``freeze_share``, a window or two of dips included), for at most ``max_freeze_ns``: a
 straggler that lasts stays new instead of becoming the norm (as the online models are

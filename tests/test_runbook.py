@@ -42,7 +42,7 @@ def _without(text: str, line: str) -> str:
         (lambda t: t + '\n[[condition]]\nid = "tp-straggler"\n', "missing field"),
         (lambda t: "this is [not toml", "not valid TOML"),
         (lambda t: t.replace("local = true", 'local = "yes"', 1), "local must be true or false"),
-        (lambda t: t.replace('if_absent = "pass"', 'if_absent = "skip"', 1),
+        (lambda t: t.replace('if_absent = "pass" }', 'if_absent = "skip" }', 1),
          "if_absent 'skip' is not one of ['fail', 'pass']"),
     ],
 )  # fmt: skip

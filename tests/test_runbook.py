@@ -7,6 +7,7 @@ import pickle
 import pytest
 
 from models.anomaly import AnomalyScorer
+from models.rules import Finding
 from models.runbook import RUNBOOK_PATH, RunbookError, load_runbook, parse_runbook
 
 DESIGN_CONDITIONS = {
@@ -73,27 +74,41 @@ def test_a_checkpoint_of_another_version_is_refused() -> None:
         AnomalyScorer().restore(blob)
 
 
-@pytest.mark.parametrize(("infiniband", "fires"), [(1.0, True), (0.0, False)])
-def test_credit_starvation_is_an_infiniband_condition(infiniband: float, fires: bool) -> None:
-    """Senders waiting with no loss: credits withheld on InfiniBand; on RoCE (no link-level
-    credits) the same waits are pauses, which credit-starvation must not claim."""
+def _findings_per_window(
+    view_of: tuple[str, str, str, str], source: str, features: dict[str, float], windows: int
+) -> list[list[Finding]]:
+    """The bundled runbook's findings over ``windows`` windows in which one entity (entity,
+    kind, deployment, node) shows the same features from ``source``."""
     from models.rules import RuleEngine
     from streams.views import EntityView
 
     engine = RuleEngine(load_runbook())
-    found = []
-    for _ in range(4):
-        view = EntityView("node01/mlx5_2", "nic_port", "llama70b-a", node="node01")
-        view.sources_present.add("nic")
-        view.features.update(
-            {
-                "nic.port_xmit_wait_per_s_peers_median": 5e6,
-                "nic.port_xmit_wait_per_s_peer_ratio": 0.01,
-                "nic.retransmit_events_per_s": 0.0,
-                "nic.infiniband": infiniband,
-            }
-        )
-        found += [f.condition.id for f in engine.evaluate([view])]
+    entity, kind, deployment, node = view_of
+    out = []
+    for _ in range(windows):
+        view = EntityView(entity, kind, deployment, node=node)
+        view.sources_present.add(source)
+        view.features.update(features)
+        out.append(engine.evaluate([view]))
+    return out
+
+
+@pytest.mark.parametrize(("infiniband", "fires"), [(1.0, True), (0.0, False)])
+def test_credit_starvation_is_an_infiniband_condition(infiniband: float, fires: bool) -> None:
+    """Senders waiting with no loss: credits withheld on InfiniBand; on RoCE (no link-level
+    credits) the same waits are pauses, which credit-starvation must not claim."""
+    per_window = _findings_per_window(
+        ("node01/mlx5_2", "nic_port", "llama70b-a", "node01"),
+        "nic",
+        {
+            "nic.port_xmit_wait_per_s_peers_median": 5e6,
+            "nic.port_xmit_wait_per_s_peer_ratio": 0.01,
+            "nic.retransmit_events_per_s": 0.0,
+            "nic.infiniband": infiniband,
+        },
+        windows=4,
+    )
+    found = [f.condition.id for window in per_window for f in window]
     assert ("credit-starvation" in found) is fires
 
 
@@ -173,28 +188,20 @@ def test_pre_processing_is_not_read_from_long_engine_steps(
     0.3-0.7 s steps of a burst of very long prompts, the arrival-to-prefill envelope is that
     wait, not pre-processing, and host-preprocessing-delay is withheld. Where the engine does
     not report step durations (vLLM) the guard is skipped, and the verdict names no value."""
-    from models.rules import RuleEngine
-    from streams.views import EntityView
-
-    engine = RuleEngine(load_runbook())
-    found = []
-    for _ in range(8):
-        view = EntityView("llama70b-a", "replica", "llama70b-a", node="node00")
-        view.sources_present.add("engine")
-        view.features.update(
-            {
-                "requests.arrival_to_prefill_s_per_ktok_min_peer_ratio": 6.0,
-                "requests.arrival_to_prefill_s_min": 0.26,
-                "engine.kv_blocked_share": 0.0,
-                "engine.batch_fill_ratio": 0.3,
-                "engine.num_waiting": 0.0,
-            }
-        )
-        if step_ms is not None:
-            view.features["engine.step_duration_ns"] = step_ms * 1e6
-        findings = engine.evaluate([view])
-        found += [f.condition.id for f in findings]
+    features = {
+        "requests.arrival_to_prefill_s_per_ktok_min_peer_ratio": 6.0,
+        "requests.arrival_to_prefill_s_min": 0.26,
+        "engine.kv_blocked_share": 0.0,
+        "engine.batch_fill_ratio": 0.3,
+        "engine.num_waiting": 0.0,
+    }
+    if step_ms is not None:
+        features["engine.step_duration_ns"] = step_ms * 1e6
+    per_window = _findings_per_window(
+        ("llama70b-a", "replica", "llama70b-a", "node00"), "engine", features, windows=8
+    )
+    found = [f.condition.id for window in per_window for f in window]
     assert ("host-preprocessing-delay" in found) is fires
     if fires:
-        shown = {e.feature for e, _ in findings[0].evidence}
+        shown = {e.feature for e, _ in per_window[-1][0].evidence}
         assert ("engine.step_duration_ns" in shown) is (step_ms is not None)

@@ -51,6 +51,10 @@ class DetectorConfig:
     clock_step_attribution_ns: int = 3_000_000_000
     # Load-family shares are judged over this longer window (as a router would see them).
     share_window_ns: int = 10_000_000_000
+    # The TTFT SLO: load-family harm (``requests.ttft_p99_over_slo_ratio``) is the p99 TTFT
+    # of this window and of the one before it, counting requests still waiting longer than
+    # this at a window's end, over this
+    slo_ttft_ns: int = 2_000_000_000
     emit_features: bool = False
     anomaly_model: bool = True
     heartbeat_every_ns: int = 1_000_000_000
@@ -209,7 +213,14 @@ class Detector:
                 values["prompt_tokens_mean_long"] = long["prompt_tokens_mean"]
                 values["prompt_tokens_max_long"] = long["prompt_tokens_max"]
             values["oldest_waiting_s"] = self.requests.oldest_waiting_s(deployment, end_ns)
-            values["harm_ttft_s"] = max(values["oldest_waiting_s"], values.get("ttft_s_max", 0.0))
+            slo_ns = self.config.slo_ttft_ns
+            values["ttft_p99_s"] = self.requests.ttft_p99_s(deployment, panes, slo_ns)
+            earlier = range(panes.start - len(panes), panes.start)
+            # the SLO breached in this window and the one before it (a sustained breach, as
+            # the SLO's harm is labelled): one slow request is in four hopping windows
+            values["ttft_p99_over_slo_ratio"] = min(
+                values["ttft_p99_s"], self.requests.ttft_p99_s(deployment, earlier, slo_ns)
+            ) / (slo_ns / 1e9)
         nic = self.extractors["NicCounterFrame"]
         assert isinstance(nic, NicExtractor)
         inputs = WindowInputs(
@@ -238,6 +249,8 @@ class Detector:
         verdicts = self.fusion.update(findings, end_ns, frozenset(self.rules.held))
         for ex in self.extractors.values():
             ex.evict_before(share_panes.start if ex is self.requests else panes.start)
+        # the next window's p99 reads first tokens from its previous window on
+        self.requests.forget_first_tokens_before(panes.start + 1 - len(panes))
         self.stats.windows_closed += 1
         self.stats.verdicts += len(verdicts)
         outputs = [Output("Verdict", v["entity"], v) for v in verdicts]

@@ -50,7 +50,8 @@ MAGIC = b"SKCK"
 # 6: engine panes gained queued_with_free_slots_share and kv_headroom_tokens_queued, request
 # panes prompt_tokens_max
 # 7: the last-arriver baseline keeps its durations in ns and the hop they are counted in
-FORMAT_VERSION = 7
+# 8: the request join keeps each first token's (arrival, first token) by pane, for the p99 TTFT
+FORMAT_VERSION = 8
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 

@@ -80,8 +80,10 @@ def test_an_idle_moment_does_not_hand_the_peer_the_whole_fleet_share() -> None:
 
 def test_a_request_stuck_with_no_event_in_the_window_still_shows_its_wait() -> None:
     """b's one request arrived at 0.02 s and never got a first token; with no event of b's
-    in the window ending at 5 s, its wait (~5 s) is still b's harm."""
+    in the window ending at 5 s, its wait (~5 s) is still b's p99 TTFT, and its harm is the
+    lesser of that and the window before's (~4 s) over the 2 s SLO."""
     det = _detector()
+    p99: dict[int, float] = {}
     harm: dict[int, float] = {}
     for k in range(60):
         start = T0_NS + k * S // 10
@@ -89,7 +91,10 @@ def test_a_request_stuck_with_no_event_in_the_window_still_shows_its_wait() -> N
         stuck = [start + 20_000_000] if k == 0 else []
         for out in det.process("EngineRequestFrame", _requests("b", k, start, stuck, (ARRIVED,))):
             if out.schema == "FeatureWindow" and out.record["entity"] == "b":
-                harm[out.record["window_end_ns"]] = out.record["features"].get(
-                    "requests.harm_ttft_s", 0.0
+                features = out.record["features"]
+                p99[out.record["window_end_ns"]] = features.get("requests.ttft_p99_s", 0.0)
+                harm[out.record["window_end_ns"]] = features.get(
+                    "requests.ttft_p99_over_slo_ratio", 0.0
                 )
-    assert np.isclose(harm[T0_NS + 5 * S], 5.0 - 0.02)
+    assert np.isclose(p99[T0_NS + 5 * S], 5.0 - 0.02)
+    assert np.isclose(harm[T0_NS + 5 * S], (4.0 - 0.02) / 2.0)

@@ -89,6 +89,9 @@ class RequestExtractor(Extractor):
         self.open: dict[str, OrderedDict[str, OpenRequest]] = {}
         self.stats = RequestJoinStats()
         self.frontend_node: dict[str, str] = {}
+        # (arrival, first token) of each first token, by pane and deployment: the TTFT SLO is
+        # a percentile, which the pane store's sums and extremes cannot give
+        self.first_tokens_by_pane: dict[int, dict[str, list[tuple[int, int]]]] = {}
 
     def ingest(self, record: dict[str, Any], cols: dict[str, np.ndarray]) -> tuple[int, int]:
         ts_all = cols["ts_ns"]
@@ -166,6 +169,8 @@ class RequestExtractor(Extractor):
             req.first_token_ns = ts
             ttft_s = (ts - req.arrived_ns) / 1e9
             values = {"ttft_s": ttft_s, "ttft_s_max": ttft_s}
+            by_deployment = self.first_tokens_by_pane.setdefault(pane, {})
+            by_deployment.setdefault(deployment, []).append((req.arrived_ns, ts))
             if req.prefill_start_ns >= 0:
                 values["prefill_s"] = (ts - req.prefill_start_ns) / 1e9
             self.store.add_one(pane, deployment, values)
@@ -199,6 +204,50 @@ class RequestExtractor(Extractor):
                 break
             del table[request_id]
             self.stats.expired += 1
+
+    def evict_before(self, pane: int) -> None:
+        super().evict_before(pane)
+        self.forget_first_tokens_before(pane)
+
+    def forget_first_tokens_before(self, pane: int) -> None:
+        """Drop the first tokens of panes before ``pane``; the pane store keeps 10 s for the
+        share window, the p99 needs only two windows."""
+        for old in [p for p in self.first_tokens_by_pane if p < pane]:
+            del self.first_tokens_by_pane[old]
+
+    def ttft_p99_s(self, deployment: str, panes: range, slo_ns: int) -> float:
+        """The TTFT SLO's statistic over the window of ``panes``, as an SLO monitor takes it
+        (and the simulator's truth, producers/sim/labels.py): the 99th percentile of the
+        TTFTs of the first tokens in the window and of the ages at its end of the requests
+        that arrived before it ended, had no first token by then, and had waited longer than
+        ``slo_ns``; 0.0 with no such values. Linear interpolation, numpy's default: with up
+        to 100 values it lies between the largest two, so one slow request among many is not
+        a breach. A request served after the window's end counts as waiting whether or not
+        its first token was ingested yet, so the value does not depend on how far ahead of
+        the watermark the engine's events are."""
+        end_ns = panes.stop * self.spec.hop_ns
+        values: list[float] = []
+        late_before_ns = end_ns - slo_ns
+        for pane, by_deployment in self.first_tokens_by_pane.items():
+            pairs = by_deployment.get(deployment)
+            if not pairs:
+                continue
+            if pane in panes:
+                values += [(first - arrived) / 1e9 for arrived, first in pairs]
+            elif pane >= panes.stop:
+                values += [
+                    (end_ns - arrived) / 1e9
+                    for arrived, first in pairs
+                    if arrived < late_before_ns and first >= end_ns
+                ]
+        values += [
+            (end_ns - req.arrived_ns) / 1e9
+            for req in self.open.get(deployment, {}).values()
+            if req.first_token_ns < 0 and req.arrived_ns < late_before_ns
+        ]
+        if not values:
+            return 0.0
+        return float(np.percentile(values, 99))
 
     def oldest_waiting_s(self, deployment: str, at_ns: int) -> float:
         """Age at ``at_ns`` of the oldest request still waiting for its first token."""

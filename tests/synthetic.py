@@ -44,6 +44,41 @@ def topology(
     return out
 
 
+def request_frame(
+    deployment: str,
+    node: str,
+    rows: list[tuple[int, int, int]],
+    request_ids: list[str],
+    seq: int,
+    frame_end_ns: int,
+) -> dict[str, Any]:
+    """An EngineRequestFrame of (request index, event kind, ts) rows sorted by time; 500-token
+    prompts, one output token from the first token on (kind 3)."""
+    rows = sorted(rows, key=lambda r: r[2])
+    n = len(rows)
+    return pack(
+        "EngineRequestFrame",
+        {
+            "request_index": [r[0] for r in rows],
+            "kind": [r[1] for r in rows],
+            "ts_ns": [r[2] for r in rows],
+            "prompt_tokens": [500] * n,
+            "output_tokens": [1 if r[1] >= 3 else 0 for r in rows],
+        },
+        schema_version=1,
+        source="engine",
+        deployment=deployment,
+        replica=deployment,
+        node=node,
+        clock_id=f"{node}/host",
+        frame_seq=seq,
+        frame_end_ns=frame_end_ns,
+        n_events=n,
+        request_ids=request_ids,
+        connection_ids=[""] * len(request_ids),
+    )
+
+
 def collective_frames(
     compute_factor: dict[int, float],
     seconds: float,

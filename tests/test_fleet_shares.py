@@ -8,8 +8,7 @@ import numpy as np
 
 from models.detector import Detector, DetectorConfig
 from models.runbook import load_runbook
-from schemas.columns import pack
-from tests.synthetic import T0_NS, topology
+from tests.synthetic import T0_NS, request_frame, topology
 
 S = 1_000_000_000
 ARRIVED, SCHEDULED, PREFILL_START, FIRST_TOKEN, FINISHED = range(5)
@@ -25,29 +24,8 @@ def _requests(
     """One 100 ms frame: each request's life (by default all of it: arrive, schedule,
     prefill, first token, finish) within 60 ms of its arrival."""
     rows = [(i, kind, t + kind * 15_000_000) for i, t in enumerate(arrivals_ns) for kind in kinds]
-    rows.sort(key=lambda r: r[2])
-    n = len(rows)
-    return pack(
-        "EngineRequestFrame",
-        {
-            "request_index": [r[0] for r in rows],
-            "kind": [r[1] for r in rows],
-            "ts_ns": [r[2] for r in rows],
-            "prompt_tokens": [500] * n,
-            "output_tokens": [1 if r[1] >= FIRST_TOKEN else 0 for r in rows],
-        },
-        schema_version=1,
-        source="engine",
-        deployment=deployment,
-        replica=deployment,
-        node=f"{deployment}-node0",
-        clock_id=f"{deployment}-node0/host",
-        frame_seq=seq,
-        frame_end_ns=start_ns + S // 10,
-        n_events=n,
-        request_ids=[f"{deployment}-{seq}-{i}" for i in range(len(arrivals_ns))],
-        connection_ids=[""] * len(arrivals_ns),
-    )
+    ids = [f"{deployment}-{seq}-{i}" for i in range(len(arrivals_ns))]
+    return request_frame(deployment, f"{deployment}-node0", rows, ids, seq, start_ns + S // 10)
 
 
 def _detector() -> Detector:

@@ -9,10 +9,10 @@ import numpy as np
 
 from models.detector import Detector, DetectorConfig
 from models.runbook import load_runbook
-from schemas.columns import pack, unpack
+from schemas.columns import unpack
 from streams.features.requests import RequestExtractor
 from streams.hopping import HoppingSpec
-from tests.synthetic import topology
+from tests.synthetic import request_frame, topology
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -32,29 +32,9 @@ def _frame(
     rows += [(i, FIRST_TOKEN, first) for i, (_, first) in enumerate(requests) if first is not None]
     if span_ns is not None:
         rows = [r for r in rows if span_ns[0] <= r[2] < span_ns[1]]
-    rows.sort(key=lambda r: r[2])
-    n = len(rows)
-    return pack(
-        "EngineRequestFrame",
-        {
-            "request_index": [r[0] for r in rows],
-            "kind": [r[1] for r in rows],
-            "ts_ns": [r[2] for r in rows],
-            "prompt_tokens": [500] * n,
-            "output_tokens": [1 if r[1] == FIRST_TOKEN else 0 for r in rows],
-        },
-        schema_version=1,
-        source="engine",
-        deployment="a",
-        replica="a",
-        node="node0",
-        clock_id="node0/host",
-        frame_seq=seq,
-        frame_end_ns=span_ns[1] if span_ns is not None else max(r[2] for r in rows) + 1,
-        n_events=n,
-        request_ids=[f"a-{i}" for i in range(len(requests))],
-        connection_ids=[""] * len(requests),
-    )
+    end_ns = span_ns[1] if span_ns is not None else max(r[2] for r in rows) + 1
+    ids = [f"a-{i}" for i in range(len(requests))]
+    return request_frame("a", "node0", rows, ids, seq, end_ns)
 
 
 def _join(requests: list[tuple[int, int | None]]) -> RequestExtractor:

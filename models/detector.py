@@ -212,7 +212,6 @@ class Detector:
             if "prompt_tokens_mean" in long:
                 values["prompt_tokens_mean_long"] = long["prompt_tokens_mean"]
                 values["prompt_tokens_max_long"] = long["prompt_tokens_max"]
-            values["oldest_waiting_s"] = self.requests.oldest_waiting_s(deployment, end_ns)
             slo_ns = self.config.slo_ttft_ns
             values["ttft_p99_s"] = self.requests.ttft_p99_s(deployment, panes, slo_ns)
             earlier = range(panes.start - len(panes), panes.start)

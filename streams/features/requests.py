@@ -249,14 +249,5 @@ class RequestExtractor(Extractor):
             return 0.0
         return float(np.percentile(values, 99))
 
-    def oldest_waiting_s(self, deployment: str, at_ns: int) -> float:
-        """Age at ``at_ns`` of the oldest request still waiting for its first token."""
-        ages = [
-            at_ns - req.arrived_ns
-            for req in self.open.get(deployment, {}).values()
-            if req.first_token_ns < 0 and req.arrived_ns <= at_ns
-        ]
-        return max(ages, default=0) / 1e9
-
     def open_requests(self) -> int:
         return sum(len(t) for t in self.open.values())

@@ -184,6 +184,7 @@ def _rank_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
             if _silent(inputs, place.deployment, source, place.node):
                 view.sources_silent.add(source)
         out.append(view)
+    _add_util_below_tp_peers(out, topo)
     for dep in topo.deployments():
         group = [v for v in out if v.deployment == dep]
         add_peer_ratios(group, ["gpu.gpu_util_ratio"])
@@ -191,6 +192,27 @@ def _rank_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
             view.features["hang.suspect"] = _hang_suspect(view.features)
             view.features["straggler.beyond_spread"] = beyond_spread(view.features)
     return out
+
+
+def _add_util_below_tp_peers(views: list[EntityView], topo: Topology) -> None:
+    """``gpu.util_below_tp_peers_ratio``: the median GPU utilization of the rank's TP group
+    (same deployment and pipeline stage) minus its own. A rank whose host is late to launch
+    its kernels idles between them while its peers spin in the collective waiting for it (a
+    running NCCL kernel counts as busy), so its utilization reads below theirs; a rank late
+    because its GPU computes slower is busy all along."""
+    groups: dict[tuple[str, int], dict[str, float]] = {}
+    for view in views:
+        util = view.features.get("gpu.gpu_util_ratio")
+        place = topo.ranks.get(view.entity)
+        if util is not None and place is not None:
+            groups.setdefault((place.deployment, place.pp_stage), {})[view.entity] = util
+    by_entity = {view.entity: view for view in views}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        for entity, peers_median in _medians_of_others(members).items():
+            view = by_entity[entity]
+            view.features["gpu.util_below_tp_peers_ratio"] = peers_median - members[entity]
 
 
 STRAGGLER_CLOCK_DEFICIT = -0.05  # SM clock this far below the deployment's median
@@ -201,20 +223,26 @@ STRAGGLER_THROTTLED_SHARE = 0.3
 # windows of the suite's load bursts, which gave all 14 of its false tp-straggler episodes
 # at 0.08).
 STRAGGLER_WAIT_WITHOUT_GPU_EVIDENCE = 0.12
+# A late rank idling this much more than its TP peers waits on its host, not its GPU (host
+# jitter at the suite's reference severity: 0.03-0.05; ranks late by the lasting spread and
+# their peers are all busy, 0.00).
+STRAGGLER_UTIL_BELOW_TP_PEERS = 0.015
 
 
 def beyond_spread(f: dict[str, float]) -> float:
     """1 when a late rank is more than the fleet's lasting per-GPU spread: its GPU is slowed
     (clock deficit or throttle reasons), it makes its peers wait far longer than spread does,
-    or it has become the last arriver it was not before (``straggler.new_last_arriver``, set
-    by :mod:`streams.last_arriver`; host jitter leaves the GPU clocks normal)."""
+    its GPU idles between kernels while its TP peers are busy (the host is late to launch
+    them: host jitter leaves the GPU clocks normal), or it has become the last arriver it was
+    not before (``straggler.new_last_arriver``, set by :mod:`streams.last_arriver`)."""
     slowed = (
         f.get("gpu.sm_clock_ratio_peer_delta", 0.0) <= STRAGGLER_CLOCK_DEFICIT
         or f.get("gpu.throttled_share", 0.0) >= STRAGGLER_THROTTLED_SHARE
     )
+    host_late = f.get("gpu.util_below_tp_peers_ratio", 0.0) >= STRAGGLER_UTIL_BELOW_TP_PEERS
     large = f.get("nccl.caused_wait_ratio", 0.0) >= STRAGGLER_WAIT_WITHOUT_GPU_EVIDENCE
     new = f.get("straggler.new_last_arriver", 0.0) >= 1.0
-    return 1.0 if slowed or large or new else 0.0
+    return 1.0 if slowed or host_late or large or new else 0.0
 
 
 def _hang_suspect(f: dict[str, float]) -> float:

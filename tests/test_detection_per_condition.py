@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import pytest
 
 from models.detector import Detector
@@ -105,15 +106,58 @@ def test_a_bad_optic_is_named_and_not_its_link_partner_when_tp_crosses_nodes() -
     assert named and all(e.startswith(culprit) for e in named), (culprit, named)
 
 
+HOST_LAUNCH_CAUSE = next(
+    c.root_cause
+    for c in load_runbook().condition("tp-straggler").causes
+    if c.root_cause.startswith("host launch delay")
+)
+
+
 def test_host_jitter_straggler_is_told_from_the_lasting_spread() -> None:
     """Host jitter at the reference severity (a CPU delay of 15 % of a kernel segment per
     collective, GPU clocks normal) costs its peers ~3.5 % of each step, no more than the rank
-    that is always a little slower does; it is found because that rank was not the last
-    arriver before the onset, and named with the host-jitter root cause."""
+    that is always a little slower does; it is found, and named with the host-launch cause,
+    because the rank's GPU idles between kernels while its TP peers are busy."""
     scenario = load_scenario("tp-straggler")
     jitter = dataclasses.replace(scenario.faults[0], kind="host-jitter")
     sim, firing = _firing(dataclasses.replace(scenario, faults=(jitter,)), seed=1, seconds=12.0)
     named = sorted({(v["entity"], v["root_cause"]) for v in firing})
-    assert named == [(jitter.target, load_runbook().condition("tp-straggler").root_cause)]
+    assert named == [(jitter.target, HOST_LAUNCH_CAUSE)]
     onset_ns = min(x["onset_ns"] for x in sim.labels)
     assert min(v["first_seen_ns"] for v in firing) - onset_ns < 2_000_000_000
+
+
+def _lasting_last_arriver(scenario: Any, seed: int) -> str:
+    """The rank of llama70b-a's stage 1 that the per-GPU spread makes the slowest."""
+    sim = Simulation(scenario, seed=seed)
+    layout = next(d for d in sim.world.layout.deployments if d.name == "llama70b-a")
+    gpus = layout.rank_gpu[1]
+    slowest = int(np.argmin(sim.world.gpus.efficiency[gpus]))
+    return f"llama70b-a/rank{layout.rank_gpu.shape[1] + slowest}"
+
+
+def test_host_jitter_on_the_rank_that_was_already_the_last_arriver_is_found() -> None:
+    """The rank a little slower than its peers is the last arriver before the onset too, so
+    it never becomes a *new* last arriver, and its wait is no larger than the spread's: only
+    its GPU idling between kernels tells the fault (the suite missed such episodes before)."""
+    scenario = load_scenario("tp-straggler")
+    target = _lasting_last_arriver(scenario, seed=1)
+    jitter = dataclasses.replace(scenario.faults[0], kind="host-jitter", target=target)
+    _, firing = _firing(dataclasses.replace(scenario, faults=(jitter,)), seed=1, seconds=12.0)
+    named = sorted({(v["entity"], v["root_cause"]) for v in firing})
+    assert named == [(target, HOST_LAUNCH_CAUSE)]
+
+
+def test_host_jitter_is_not_muted_by_a_congested_fabric() -> None:
+    """A congested fabric explains ranks waiting on the network, not a GPU idling while its
+    host is late to launch kernels: the host-launch cause is local and survives suppression."""
+    scenario = load_scenario("tp-straggler")
+    congestion = load_scenario("fabric-congestion").faults[0]
+    jitter = dataclasses.replace(scenario.faults[0], kind="host-jitter")
+    both = dataclasses.replace(
+        scenario, faults=(jitter, dataclasses.replace(congestion, onset_s=jitter.onset_s))
+    )
+    _, firing = _firing(both, seed=1, seconds=14.0)
+    conditions = {(v["condition"], v["entity"]) for v in firing}
+    assert ("fabric-congestion", "fabric:roce0") in conditions, conditions
+    assert ("tp-straggler", jitter.target) in conditions, conditions

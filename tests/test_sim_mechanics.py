@@ -58,6 +58,43 @@ def test_throttled_rank_starts_last_and_has_the_shortest_collective_duration() -
     assert not np.any(gpu["throttle_reasons"][busy & (gpu["gpu_index"] != 1)] & 0x40)
 
 
+def test_host_jitter_rank_arrives_last_and_idles_while_its_peers_are_busy() -> None:
+    """A CPU launch delay before each kernel (host jitter, clocks normal): the rank is the
+    late arriver, and its GPU idles between kernels while its TP peers spin in the
+    collective waiting for it, so only its utilization drops. A throttled GPU, late by the
+    same mechanics, computes all along and reads as busy as its peers."""
+    scenario = _early("tp-straggler")
+    jitter = dataclasses.replace(scenario.faults[0], kind="host-jitter", severity=0.3)
+    sim, rb = _run(dataclasses.replace(scenario, faults=(jitter,)), 4.0)
+    onset = sim.start_ns + 1_370_000_000
+    tab = rb.collective_table("llama70b-a", "tp1")
+    after = tab["first_start_ns"] > onset + 50_000_000
+    steps = np.unique(tab["step"][after])
+    latest = sum(
+        tab["rank"][after & (tab["step"] == s)][
+            np.argmax(tab["first_start_ns"][after & (tab["step"] == s)])
+        ]
+        == 1
+        for s in steps
+    )
+    assert latest / steps.size > 0.9
+    gpu = rb.gpu_table("node01")  # llama70b-a stage 1: GPUs 0-3, rank 5 on GPU 1
+    window = gpu["ts_ns"] > onset + 100_000_000
+    before = (gpu["ts_ns"] > sim.start_ns + 300_000_000) & (gpu["ts_ns"] < onset)
+    util = {i: gpu["gpu_util_ratio"][window & (gpu["gpu_index"] == i)].mean() for i in range(4)}
+    peers = float(np.median([util[i] for i in (0, 2, 3)]))
+    assert peers > 0.9
+    assert 0.03 < peers - util[1] < 0.2, util
+    assert max(util[i] for i in (0, 2, 3)) - min(util[i] for i in (0, 2, 3)) < 0.005
+    early = [gpu["gpu_util_ratio"][before & (gpu["gpu_index"] == i)].mean() for i in range(4)]
+    assert max(early) - min(early) < 0.005  # before the onset the rank is not special
+    _, throttled = _run(_early("tp-straggler"), 4.0)
+    tgpu = throttled.gpu_table("node01")
+    twindow = tgpu["ts_ns"] > onset + 100_000_000
+    tutil = [tgpu["gpu_util_ratio"][twindow & (tgpu["gpu_index"] == i)].mean() for i in range(4)]
+    assert max(tutil) - min(tutil) < 0.005
+
+
 def test_before_the_onset_the_throttled_rank_is_not_special() -> None:
     _, rb = _run(_early("tp-straggler", onset_s=3.37), 3.0)
     tab = rb.collective_table("llama70b-a", "tp1")

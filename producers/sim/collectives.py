@@ -99,8 +99,10 @@ class StepIntervals:
     Parallel lists, one entry per step: ``start``/``end`` (GPU busy time, ns), the step's
     work (``prefill_tokens``, ``n_decode``: phase truth) and its host<->GPU copies per rank
     (``h2d_bytes`` at the start on every rank, ``d2h_bytes`` at the end on the last stage's
-    ranks; see :func:`producers.sim.pcie.step_copy_bytes`). Emitters drop the steps they no
-    longer need with :meth:`keep`.
+    ranks; see :func:`producers.sim.pcie.step_copy_bytes`). ``host_idle_ns`` holds, per step,
+    how long each rank's GPU sat idle inside the step waiting for its host to launch the next
+    kernel (host jitter; ranks in ``layout.rank_gpu.ravel()`` order), or None when none did.
+    Emitters drop the steps they no longer need with :meth:`keep`.
     """
 
     start: list[int] = field(default_factory=list)
@@ -109,9 +111,17 @@ class StepIntervals:
     n_decode: list[int] = field(default_factory=list)
     h2d_bytes: list[int] = field(default_factory=list)
     d2h_bytes: list[int] = field(default_factory=list)
+    host_idle_ns: list[np.ndarray | None] = field(default_factory=list)
 
     def append(
-        self, start: int, end: int, prefill_tokens: int, n_decode: int, h2d: int, d2h: int
+        self,
+        start: int,
+        end: int,
+        prefill_tokens: int,
+        n_decode: int,
+        h2d: int,
+        d2h: int,
+        host_idle_ns: np.ndarray | None = None,
     ) -> None:
         self.start.append(start)
         self.end.append(end)
@@ -119,6 +129,7 @@ class StepIntervals:
         self.n_decode.append(n_decode)
         self.h2d_bytes.append(h2d)
         self.d2h_bytes.append(d2h)
+        self.host_idle_ns.append(host_idle_ns)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The lists as int64 arrays, by field name."""
@@ -127,10 +138,18 @@ class StepIntervals:
             for name in ("start", "end", "prefill_tokens", "n_decode", "h2d_bytes", "d2h_bytes")
         }
 
+    def host_idle_matrix(self, n_ranks: int) -> np.ndarray | None:
+        """``host_idle_ns`` as a [steps, ranks] float array, or None when no rank waited."""
+        if all(idle is None for idle in self.host_idle_ns):
+            return None
+        zeros = np.zeros(n_ranks)
+        return np.stack([zeros if idle is None else idle for idle in self.host_idle_ns])
+
     def keep(self, mask: np.ndarray) -> None:
         """Keep only the steps where mask is true (all fields together)."""
         for name, values in self.arrays().items():
             setattr(self, name, values[mask].tolist())
+        self.host_idle_ns = [idle for idle, k in zip(self.host_idle_ns, mask, strict=True) if k]
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -273,9 +292,22 @@ class Executor:
         t_end = float(entry.max()) if spec.pp > 1 else stage_end
         end_ns = t0 + int(t_end)
         h2d, d2h = step_copy_bytes(tokens, n_decode + n_prefill_seqs, n_sampled)
-        self.intervals.append(t0, end_ns, prefill_tokens, n_decode, h2d, d2h)
+        self.intervals.append(
+            t0, end_ns, prefill_tokens, n_decode, h2d, d2h, self._host_idle_ns(host_delay)
+        )
         self.last_step_ns = end_ns - t0
         return end_ns
+
+    def _host_idle_ns(self, host_delay: np.ndarray) -> np.ndarray | None:
+        """Per rank, the GPU's idle time in this step waiting for kernel launches: the host
+        delay before each kernel segment (2 per layer dense, 1 dense segment per layer MoE)."""
+        if not host_delay.any():
+            return None
+        layers = np.array(
+            [max(1, round(self.model.layers * r)) for r in self.stage_ratios], dtype=float
+        )
+        segments = layers if self.moe else 2 * layers
+        return (host_delay * segments[:, None]).ravel()
 
     # -- pieces --------------------------------------------------------------------------
     def _allreduce_ns(self, stage: int, nbytes: float, count: int) -> float:

@@ -224,6 +224,14 @@ class Simulation:
             busy = overlap.sum(axis=1) / TICK_NS
             gpus = ex.layout.rank_gpu.ravel()
             util[gpus] = np.clip(busy, 0.0, 1.0)[None, :]
+            idle_ns = ex.intervals.host_idle_matrix(gpus.size)
+            if idle_ns is not None:
+                # a rank waiting for its host to launch a kernel idles while its peers spin
+                # in the collective (a running NCCL kernel counts as busy)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    idle_share = np.nan_to_num(idle_ns / (ends - starts)[:, None])
+                idle = overlap @ idle_share / TICK_NS  # [ticks, ranks]
+                util[gpus] = np.clip(busy[None, :] - idle.T, 0.0, 1.0)
             m = ex.model
             prefill_ns = m.prefill_us_per_token * 1e3 * iv["prefill_tokens"]
             work_ns = prefill_ns + m.decode_us_per_seq * 1e3 * iv["n_decode"]

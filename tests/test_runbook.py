@@ -205,3 +205,27 @@ def test_pre_processing_is_not_read_from_long_engine_steps(
     if fires:
         shown = {e.feature for e, _ in per_window[-1][0].evidence}
         assert ("engine.step_duration_ns" in shown) is (step_ms is not None)
+
+
+@pytest.mark.parametrize(("kv_blocked", "fires"), [(0.0, True), (1.0, False), (None, True)])
+def test_an_engine_whose_queue_head_does_not_fit_in_kv_is_not_early_stop_skew(
+    kv_blocked: float | None, fires: bool
+) -> None:
+    """A KV budget cut leaves the cache far from full (a third used) while the longest
+    prompt at the head of the queue does not fit in what is free: the engine admits nothing
+    beside free batch slots, as one that stopped backfilling does, but for KV. Where the
+    blocked share is not known the guard is skipped."""
+    features = {
+        "engine.underfilled_with_queue_share": 1.0,
+        "engine.num_waiting": 6.0,
+        "engine.kv_cache_usage_ratio_max": 0.35,
+        "engine.preemptions_per_s": 0.0,
+        "engine.admitted_prompts_per_step": 0.0,
+    }
+    if kv_blocked is not None:
+        features["engine.kv_admission_blocked_share"] = kv_blocked
+    per_window = _findings_per_window(
+        ("llama70b-b", "replica", "llama70b-b", "node02"), "engine", features, windows=4
+    )
+    found = [f.condition.id for window in per_window for f in window]
+    assert ("early-stop-skew" in found) is fires

@@ -105,13 +105,14 @@ class RuleEngine:
         if history is None:
             if not holds:
                 return None  # nothing to remember: keeps state bounded to active suspects
-            history = deque(maxlen=cond.persistence_n)
+            history = deque(maxlen=cond.history_windows)
             self._history[key] = history
         history.append(bool(holds))
         if not any(history):
             del self._history[key]
             return None
-        if sum(history) < cond.persistence_k or not holds:
+        k, n = cond.persistence(view.features)
+        if not holds or sum(list(history)[-n:]) < k:
             return None
         missing = tuple(s for s in cond.optional_sources if s not in view.sources_present)
         confidence = self.runbook.missing_source_penalty ** len(missing)

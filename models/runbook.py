@@ -88,6 +88,23 @@ class Condition:
     scope: str = ""
     report_as: str = ""
     min_data: Evidence | None = None
+    # ``persistence_if_absent``: the k of n that applies in a window where an ``if_absent =
+    # "pass"`` guard had no value (less evidence, so a longer run before firing)
+    persistence_if_absent: tuple[int, int] | None = None
+
+    def persistence(self, features: dict[str, float]) -> tuple[int, int]:
+        """(k, n) for a window with these features: ``persistence_if_absent`` where one of
+        the ``if_absent = "pass"`` guards was skipped, else ``persistence``."""
+        if self.persistence_if_absent is not None and any(
+            e.absent_passes and e.feature not in features for e in self.evidence
+        ):
+            return self.persistence_if_absent
+        return self.persistence_k, self.persistence_n
+
+    @property
+    def history_windows(self) -> int:
+        """How many windows of evidence the longest of its persistence rules looks at."""
+        return max(self.persistence_n, (self.persistence_if_absent or (0, 0))[1])
 
 
 @dataclass(frozen=True)
@@ -148,10 +165,14 @@ def _evidence(items: Any, where: str) -> tuple[Evidence, ...]:
 def _condition(entry: dict[str, Any], index: int) -> Condition:
     cid = entry.get("id", f"#{index}")
     where = f"runbook condition {cid}"
-    persistence = _need(entry, "persistence", where, dict)
-    k, n = int(persistence.get("k", 0)), int(persistence.get("n", 0))
-    if not 1 <= k <= n:
-        raise RunbookError(f"{where}: persistence needs 1 <= k <= n, got k={k} n={n}")
+    k, n = _persistence(_need(entry, "persistence", where, dict), f"{where}: persistence")
+    evidence = _evidence(entry.get("evidence"), f"{where} evidence")
+    if_absent = None
+    if "persistence_if_absent" in entry:
+        at = f"{where}: persistence_if_absent"
+        if_absent = _persistence(_need(entry, "persistence_if_absent", where, dict), at)
+        if not any(e.absent_passes for e in evidence):
+            raise RunbookError(f'{at} needs an evidence guard with if_absent = "pass"')
     severity = _need(entry, "severity", where, dict)
     required = tuple(_need(entry, "required_sources", where, list))
     optional = tuple(entry.get("optional_sources", []))
@@ -183,7 +204,7 @@ def _condition(entry: dict[str, Any], index: int) -> Condition:
         severity_low=float(_need(severity, "low", f"{where} severity", (int, float))),
         severity_high=float(_need(severity, "high", f"{where} severity", (int, float))),
         impact=str(entry.get("impact", "")),
-        evidence=_evidence(entry.get("evidence"), f"{where} evidence"),
+        evidence=evidence,
         causes=causes,
         suppresses=tuple(entry.get("suppresses", [])),
         scope=str(entry.get("scope", "")),
@@ -191,7 +212,15 @@ def _condition(entry: dict[str, Any], index: int) -> Condition:
         min_data=_evidence([entry["min_data"]], f"{where} min_data")[0]
         if "min_data" in entry
         else None,
+        persistence_if_absent=if_absent,
     )
+
+
+def _persistence(table: dict[str, Any], where: str) -> tuple[int, int]:
+    k, n = table.get("k", 0), table.get("n", 0)
+    if not (isinstance(k, int) and isinstance(n, int) and 1 <= k <= n):
+        raise RunbookError(f"{where} needs integers 1 <= k <= n, got k={k!r} n={n!r}")
+    return k, n
 
 
 def parse_runbook(text: str, origin: str = "<runbook>") -> Runbook:

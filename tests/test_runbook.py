@@ -45,6 +45,13 @@ def _without(text: str, line: str) -> str:
         (lambda t: t.replace("local = true", 'local = "yes"', 1), "local must be true or false"),
         (lambda t: t.replace('if_absent = "pass" }', 'if_absent = "skip" }', 1),
          "if_absent 'skip' is not one of ['fail', 'pass']"),
+        (lambda t: t.replace("k = 3, n = 4", "k = 3.5, n = 4", 1), "integers 1 <= k <= n"),
+        (lambda t: t.replace("persistence_if_absent = { k = 8, n = 8 }",
+                             "persistence_if_absent = { k = 8, n = 6 }", 1),
+         "persistence_if_absent needs integers 1 <= k <= n"),
+        (lambda t: t.replace("k = 3, n = 4 }",
+                             "k = 3, n = 4 }\npersistence_if_absent = { k = 4, n = 4 }", 1),
+         'persistence_if_absent needs an evidence guard with if_absent = "pass"'),
     ],
 )  # fmt: skip
 def test_a_malformed_runbook_fails_with_a_clear_error(mutate: object, message: str) -> None:
@@ -229,3 +236,30 @@ def test_an_engine_whose_queue_head_does_not_fit_in_kv_is_not_early_stop_skew(
     )
     found = [f.condition.id for window in per_window for f in window]
     assert ("early-stop-skew" in found) is fires
+
+
+@pytest.mark.parametrize(("step_ms", "windows_to_fire"), [(40.0, 5), (None, 8)])
+def test_pre_processing_holds_longer_where_step_durations_are_not_reported(
+    step_ms: float | None, windows_to_fire: int
+) -> None:
+    """With the step guard's value the rule fires after 5 of 6 windows; where the engine does
+    not report step durations (vLLM) the guard is skipped and the rule asks for 8 of 8, the
+    run that bursts of long prompts in clean traffic do not reach."""
+    features = {
+        "requests.arrival_to_prefill_s_per_ktok_min_peer_ratio": 6.0,
+        "requests.arrival_to_prefill_s_min": 0.26,
+        "engine.kv_blocked_share": 0.0,
+        "engine.batch_fill_ratio": 0.3,
+        "engine.num_waiting": 0.0,
+    }
+    if step_ms is not None:
+        features["engine.step_duration_ns"] = step_ms * 1e6
+    per_window = _findings_per_window(
+        ("llama70b-a", "replica", "llama70b-a", "node00"), "engine", features, windows=8
+    )
+    fired = [
+        i + 1
+        for i, window in enumerate(per_window)
+        if any(f.condition.id == "host-preprocessing-delay" for f in window)
+    ]
+    assert fired and fired[0] == windows_to_fire

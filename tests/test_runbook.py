@@ -187,14 +187,9 @@ def test_a_firing_verdict_keeps_suppressing_through_its_hysteresis() -> None:
     assert [(r["condition"], r["state"]) for r in emitted] == [("kv-cache-pressure", "firing")]
 
 
-@pytest.mark.parametrize(("step_ms", "fires"), [(40.0, True), (650.0, False), (None, True)])
-def test_pre_processing_is_not_read_from_long_engine_steps(
-    step_ms: float | None, fires: bool
-) -> None:
-    """A request that reaches the engine during a step waits for the step to end; with the
-    0.3-0.7 s steps of a burst of very long prompts, the arrival-to-prefill envelope is that
-    wait, not pre-processing, and host-preprocessing-delay is withheld. Where the engine does
-    not report step durations (vLLM) the guard is skipped, and the verdict names no value."""
+def _slow_preprocessing_windows(step_ms: float | None) -> list[list[Finding]]:
+    """Findings of 8 windows of a replica whose unqueued requests wait 6x its peer's time
+    per 1,000 prompt tokens before prefill; engine steps of ``step_ms`` (None: unreported)."""
     features = {
         "requests.arrival_to_prefill_s_per_ktok_min_peer_ratio": 6.0,
         "requests.arrival_to_prefill_s_min": 0.26,
@@ -204,9 +199,20 @@ def test_pre_processing_is_not_read_from_long_engine_steps(
     }
     if step_ms is not None:
         features["engine.step_duration_ns"] = step_ms * 1e6
-    per_window = _findings_per_window(
+    return _findings_per_window(
         ("llama70b-a", "replica", "llama70b-a", "node00"), "engine", features, windows=8
     )
+
+
+@pytest.mark.parametrize(("step_ms", "fires"), [(40.0, True), (650.0, False), (None, True)])
+def test_pre_processing_is_not_read_from_long_engine_steps(
+    step_ms: float | None, fires: bool
+) -> None:
+    """A request that reaches the engine during a step waits for the step to end; with the
+    0.3-0.7 s steps of a burst of very long prompts, the arrival-to-prefill envelope is that
+    wait, not pre-processing, and host-preprocessing-delay is withheld. Where the engine does
+    not report step durations (vLLM) the guard is skipped, and the verdict names no value."""
+    per_window = _slow_preprocessing_windows(step_ms)
     found = [f.condition.id for window in per_window for f in window]
     assert ("host-preprocessing-delay" in found) is fires
     if fires:
@@ -245,18 +251,7 @@ def test_pre_processing_holds_longer_where_step_durations_are_not_reported(
     """With the step guard's value the rule fires after 5 of 6 windows; where the engine does
     not report step durations (vLLM) the guard is skipped and the rule asks for 8 of 8, the
     run that bursts of long prompts in clean traffic do not reach."""
-    features = {
-        "requests.arrival_to_prefill_s_per_ktok_min_peer_ratio": 6.0,
-        "requests.arrival_to_prefill_s_min": 0.26,
-        "engine.kv_blocked_share": 0.0,
-        "engine.batch_fill_ratio": 0.3,
-        "engine.num_waiting": 0.0,
-    }
-    if step_ms is not None:
-        features["engine.step_duration_ns"] = step_ms * 1e6
-    per_window = _findings_per_window(
-        ("llama70b-a", "replica", "llama70b-a", "node00"), "engine", features, windows=8
-    )
+    per_window = _slow_preprocessing_windows(step_ms)
     fired = [
         i + 1
         for i, window in enumerate(per_window)

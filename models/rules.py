@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 
 from models.runbook import Cause, Condition, Evidence, Runbook
 from streams.views import EntityView
@@ -112,7 +113,7 @@ class RuleEngine:
             del self._history[key]
             return None
         k, n = cond.persistence(view.features)
-        if not holds or sum(list(history)[-n:]) < k:
+        if not holds or sum(islice(reversed(history), n)) < k:
             return None
         missing = tuple(s for s in cond.optional_sources if s not in view.sources_present)
         confidence = self.runbook.missing_source_penalty ** len(missing)

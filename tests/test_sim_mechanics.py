@@ -30,22 +30,31 @@ def _run(scenario: Scenario, seconds: float, seed: int = 1) -> tuple[Simulation,
     return sim, Readback().extend(sim.frames(duration_s=seconds))
 
 
+def _late_and_shortest_shares(
+    tab: dict[str, np.ndarray], after: np.ndarray, rank: int
+) -> tuple[float, float, int]:
+    """Over the steps selected by ``after``: the share in which ``rank`` started last, the
+    share in which its collective duration was the shortest, and the number of steps."""
+    steps = np.unique(tab["step"][after])
+    latest, shortest = 0, 0
+    for step in steps:
+        sel = after & (tab["step"] == step)
+        ranks = tab["rank"][sel]
+        latest += ranks[np.argmax(tab["first_start_ns"][sel])] == rank
+        shortest += ranks[np.argmin(tab["duration_sum_ns"][sel])] == rank
+    return latest / steps.size, shortest / steps.size, int(steps.size)
+
+
 def test_throttled_rank_starts_last_and_has_the_shortest_collective_duration() -> None:
     sim, rb = _run(_early("tp-straggler"), 4.0)
     onset = sim.start_ns + 1_370_000_000
     # rank 5 of llama70b-a = stage 1, tp_rank 1: communicator rank 1 of group tp1
     tab = rb.collective_table("llama70b-a", "tp1")
     after = tab["first_start_ns"] > onset + 50_000_000
-    steps = np.unique(tab["step"][after])
-    assert steps.size > 30
-    latest, shortest = 0, 0
-    for step in steps:
-        sel = after & (tab["step"] == step)
-        ranks = tab["rank"][sel]
-        latest += ranks[np.argmax(tab["first_start_ns"][sel])] == 1
-        shortest += ranks[np.argmin(tab["duration_sum_ns"][sel])] == 1
-    assert latest / steps.size > 0.9
-    assert shortest / steps.size > 0.9
+    latest, shortest, steps = _late_and_shortest_shares(tab, after, rank=1)
+    assert steps > 30
+    assert latest > 0.9
+    assert shortest > 0.9
     mine = tab["duration_sum_ns"][after & (tab["rank"] == 1)].mean()
     peers = tab["duration_sum_ns"][after & (tab["rank"] != 1)].mean()
     assert peers > 2.0 * mine  # the peers wait for it
@@ -69,15 +78,8 @@ def test_host_jitter_rank_arrives_last_and_idles_while_its_peers_are_busy() -> N
     onset = sim.start_ns + 1_370_000_000
     tab = rb.collective_table("llama70b-a", "tp1")
     after = tab["first_start_ns"] > onset + 50_000_000
-    steps = np.unique(tab["step"][after])
-    latest = sum(
-        tab["rank"][after & (tab["step"] == s)][
-            np.argmax(tab["first_start_ns"][after & (tab["step"] == s)])
-        ]
-        == 1
-        for s in steps
-    )
-    assert latest / steps.size > 0.9
+    latest, _, _ = _late_and_shortest_shares(tab, after, rank=1)
+    assert latest > 0.9
     gpu = rb.gpu_table("node01")  # llama70b-a stage 1: GPUs 0-3, rank 5 on GPU 1
     window = gpu["ts_ns"] > onset + 100_000_000
     before = (gpu["ts_ns"] > sim.start_ns + 300_000_000) & (gpu["ts_ns"] < onset)

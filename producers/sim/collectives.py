@@ -263,8 +263,12 @@ class Executor:
         detail = step % self.detail_every == 0
         entry = np.full(spec.tp, SCHED_OVERHEAD_NS)
         stage_end = 0.0
+        # kernel segments per stage, each launched after the host's delay: two per layer
+        # dense, one dense segment per layer MoE
+        segments = np.empty(spec.pp)
         for p in range(spec.pp):
             layers = max(1, round(m.layers * self.stage_ratios[p]))
+            segments[p] = layers if self.moe else 2 * layers
             compute = nominal_ns * self.stage_ratios[p] * scale[p]
             if self.moe:
                 stage_end = self._moe_stage(
@@ -292,22 +296,11 @@ class Executor:
         t_end = float(entry.max()) if spec.pp > 1 else stage_end
         end_ns = t0 + int(t_end)
         h2d, d2h = step_copy_bytes(tokens, n_decode + n_prefill_seqs, n_sampled)
-        self.intervals.append(
-            t0, end_ns, prefill_tokens, n_decode, h2d, d2h, self._host_idle_ns(host_delay)
-        )
+        # each rank's GPU idles through its host's launch delays (None: no rank waited)
+        host_idle = (host_delay * segments[:, None]).ravel() if host_delay.any() else None
+        self.intervals.append(t0, end_ns, prefill_tokens, n_decode, h2d, d2h, host_idle)
         self.last_step_ns = end_ns - t0
         return end_ns
-
-    def _host_idle_ns(self, host_delay: np.ndarray) -> np.ndarray | None:
-        """Per rank, the GPU's idle time in this step waiting for kernel launches: the host
-        delay before each kernel segment (2 per layer dense, 1 dense segment per layer MoE)."""
-        if not host_delay.any():
-            return None
-        layers = np.array(
-            [max(1, round(self.model.layers * r)) for r in self.stage_ratios], dtype=float
-        )
-        segments = layers if self.moe else 2 * layers
-        return (host_delay * segments[:, None]).ravel()
 
     # -- pieces --------------------------------------------------------------------------
     def _allreduce_ns(self, stage: int, nbytes: float, count: int) -> float:

@@ -3,7 +3,7 @@
 Runs a scenario in process (no Kafka) for each seed, feeds every DpuFrame (decoded columns)
 and the TopologyRecords to :class:`streams.phase.PhaseInference`, and compares each node's
 per-bucket estimate (100 ms of DPU event time) with the simulator's true state of the same
-100 ms chunk, read from ``Simulation.last_truth`` (never emitted): over the node's GPUs behind
+100 ms chunk, read from ``Simulation.period_truths`` (never emitted): over the node's GPUs behind
 its DPU, the busy fraction and the busy-time-weighted prefill share of compute (nominal split
 of each step: ``prefill_us_per_token * prefill_tokens`` against
 ``decode_us_per_seq * n_decode``). True class: ``idle`` when the GPUs are busy less than half
@@ -133,12 +133,10 @@ def run(scenario: Scenario, seed: int, seconds: float, config: PhaseConfig) -> T
     observable = {n for n in lay.node_names if not inference.unobservable_reason(n)}
     truth: dict[tuple[str, int], tuple[str, float]] = {}
     estimates = []
-    chunk_end = None
+    period: list[Any] = []
     for frame in sim.frames(duration_s=seconds):
-        if frame.event_time_ns != chunk_end:
-            chunk_end = frame.event_time_ns
-            t = sim.last_truth
-            assert t is not None and t.prefill_share is not None
+        for t in sim.period_truths if sim.period_truths is not period else []:
+            assert t.prefill_share is not None
             bucket = t.chunk_start // config.bucket_ns
             for node, gpus in behind.items():
                 if lay.node_names[node] not in observable:
@@ -151,6 +149,7 @@ def run(scenario: Scenario, seed: int, seconds: float, config: PhaseConfig) -> T
                 share = float((np.nan_to_num(shares) * weight).sum() / total) if total else 0.0
                 cls = IDLE if busy < BUSY_RATIO else PREFILL if share > PREFILL_SHARE else DECODE
                 truth[(lay.node_names[node], bucket)] = (cls, share)
+        period = sim.period_truths
         if frame.schema == "DpuFrame":
             estimates += inference.ingest(frame.record, unpack("DpuFrame", frame.record))
     estimates += inference.flush()

@@ -27,7 +27,7 @@ def filled(kafka_bootstrap: str, redis_url: str) -> Iterator[tuple[Settings, Pre
     base = dataclasses.replace(
         load_settings(), kafka_bootstrap=kafka_bootstrap, redis_url=redis_url
     )
-    result = prefill(base, "bench-large", sim_seconds=1.5, partitions=2)
+    result = prefill(base, "bench-large", sim_seconds=1.6, partitions=2)
     try:
         yield result.settings(base), result
     finally:
@@ -38,7 +38,8 @@ def test_prefill_documents_the_frame_format(filled: tuple[Settings, Prefill]) ->
     _, result = filled
     assert result.messages == sum(int(s["frames"]) for s in result.by_schema.values())
     assert set(result.by_schema) >= {"GpuSampleFrame", "NicCounterFrame", "CollectiveFrame"}
-    assert result.by_schema["GpuSampleFrame"]["samples_per_frame"] == 80  # 8 GPUs x 10 ms
+    # 8 GPUs x one sample per 10 ms of the 200 ms frame period
+    assert result.by_schema["GpuSampleFrame"]["samples_per_frame"] == 160
 
 
 def test_ceiling_reads_every_prefilled_sample(filled: tuple[Settings, Prefill]) -> None:

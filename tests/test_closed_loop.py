@@ -34,7 +34,7 @@ from sinks.controller.inject import Outage, WrongAttribution
 from sinks.controller.loop import EpisodeRun, LoopConfig, Mode, run_episode
 from sinks.controller.policy import Placement, Policy
 from sinks.controller.safety import S, Safety, SafetyConfig
-from sinks.controller.stepper import ChunkStepper
+from sinks.controller.stepper import PeriodStepper
 
 FAST_SAFETY = SafetyConfig(
     max_capacity_removed_ratio=0.25,
@@ -379,18 +379,18 @@ def test_unknown_health_is_respected(
     assert 2 * S < actions[0]["at_ns"] - run.start_ns <= 5 * S
 
 
-def test_stepper_hands_back_whole_chunks_and_keeps_labels_open() -> None:
+def test_stepper_hands_back_whole_periods_and_keeps_labels_open() -> None:
     sim = Simulation(load_scenario("tp-straggler"), seed=1)
-    stepper = ChunkStepper(sim, 5.0)
+    stepper = PeriodStepper(sim, 5.0)
     ends = []
-    while (chunk := stepper.next_chunk()) is not None:
-        assert len({f.event_time_ns for f in chunk}) == 1
-        ends.append(chunk[0].event_time_ns)
-        if len(ends) > 1:  # (the first chunk's end is found by reading one frame ahead)
-            assert sim.now_ns == ends[-1]  # the next chunk has not been simulated yet
-    assert len(ends) == 50
+    while (period := stepper.next_period()) is not None:
+        assert len({f.event_time_ns for f in period}) == 1
+        ends.append(period[0].event_time_ns)
+        if len(ends) > 1:  # (the first period's end is found by reading one frame ahead)
+            assert sim.now_ns == ends[-1]  # the next period has not been simulated yet
+    assert [b - a for a, b in zip([sim.start_ns, *ends], ends, strict=False)] == [200_000_000] * 25
     (label,) = sim.labels
-    assert label["end_ns"] == sim.start_ns + 5 * S  # not cut at the first chunk
+    assert label["end_ns"] == sim.start_ns + 5 * S  # not cut at the first period
 
 
 def test_policy_maps_directives_to_targets() -> None:

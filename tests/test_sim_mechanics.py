@@ -12,8 +12,9 @@ import pytest
 from producers.sim import Simulation, load_scenario
 from producers.sim.nic_counters import COUNTERS
 from producers.sim.readback import Readback
-from producers.sim.scenario import Scenario
+from producers.sim.scenario import Scenario, ScenarioError, validate
 from schemas.codec import AvroCodec
+from schemas.columns import unpack
 
 FAULTS_PY = Path(__file__).resolve().parent.parent / "producers" / "sim" / "faults.py"
 
@@ -167,16 +168,67 @@ def test_every_frame_encodes_and_decodes_with_the_avro_codec() -> None:
         codec.encode("FaultLabel", label)
 
 
-def test_frames_come_in_100ms_chunks_in_event_time_order() -> None:
+def test_frames_come_one_per_source_and_period_in_event_time_order() -> None:
     sim = Simulation(load_scenario("clean"), seed=1)
-    frames = list(sim.frames(duration_s=1.0))
+    assert sim.scenario.cluster.frame_interval_ms == 200  # the default period
+    frames = list(sim.frames(duration_s=1.1))
     times = [f.event_time_ns for f in frames]
     assert times == sorted(times)
     # every frame says how far its source reports, in its own clock (within clock error)
     assert all(abs(f.record["frame_end_ns"] - f.event_time_ns) < 50_000 for f in frames)
-    chunks = sorted(set(times))
-    assert len(chunks) == 10
-    assert np.all(np.diff(chunks) == 100_000_000)
+    periods = sorted(set(times))
+    # five whole 200 ms periods, then the 100 ms the call ends with
+    assert np.diff([sim.start_ns, *periods]).tolist() == [200_000_000] * 5 + [100_000_000]
+    per_period = [sum(1 for t in times if t == p) for p in periods]
+    assert len(set(per_period)) == 1  # every source, one frame each period
+    gpu = [f for f in frames if f.schema == "GpuSampleFrame"]
+    # a period's frame holds every 10 ms sample of its GPUs (4 GPUs x 20 ticks)
+    assert [f.record["n_samples"] for f in gpu[:2]] == [80, 80]
+
+
+def test_the_frame_period_groups_samples_without_changing_the_mechanics() -> None:
+    scenario = load_scenario("tp-straggler")
+    runs = {}
+    for period_ms in (100, 200, 500):
+        cluster = dataclasses.replace(scenario.cluster, frame_interval_ms=period_ms)
+        sim = Simulation(dataclasses.replace(scenario, cluster=cluster), seed=2)
+        frames = list(sim.frames(duration_s=6.0))
+        util = np.concatenate(  # [gpu, tick] of node01 (a frame's rows are GPU-major)
+            [
+                unpack("GpuSampleFrame", f.record)["gpu_util_ratio"].reshape(4, -1)
+                for f in frames
+                if f.schema == "GpuSampleFrame" and f.record["node"] == "node01"
+            ],
+            axis=1,
+        )
+        steps = sorted(
+            (int(s), int(r), int(d))
+            for f in frames
+            if f.schema == "CollectiveFrame"
+            for s, r, d in zip(
+                *(
+                    unpack("CollectiveFrame", f.record)[c]
+                    for c in ("step", "rank", "duration_sum_ns")
+                ),
+                strict=True,
+            )
+        )
+        runs[period_ms] = (len(frames), util, steps, sim.labels)
+    assert runs[100][0] == 2 * runs[200][0] == 5 * runs[500][0]
+    for period_ms in (200, 500):
+        # the same GPU utilisation in every tick, the same collectives, the same labels:
+        # only the grouping into frames (and the draws of measurement noise) differ
+        assert np.array_equal(runs[period_ms][1], runs[100][1])
+        assert runs[period_ms][2] == runs[100][2]
+        assert runs[period_ms][3] == runs[100][3]
+
+
+def test_a_frame_period_off_the_chunk_grid_is_refused() -> None:
+    scenario = load_scenario("clean")
+    for bad in (0, 150):
+        cluster = dataclasses.replace(scenario.cluster, frame_interval_ms=bad)
+        with pytest.raises(ScenarioError, match="frame_interval_ms"):
+            validate(dataclasses.replace(scenario, cluster=cluster))
 
 
 def test_counter_reset_restarts_the_count_and_wrap_bounds_values() -> None:

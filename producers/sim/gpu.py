@@ -46,9 +46,13 @@ class GpuState:
         return 1.0 / (self.clock_factor[gpus] * self.efficiency[gpus])
 
     def readings(
-        self, util: np.ndarray, clock_factor: np.ndarray, throttle_bits: np.ndarray
+        self,
+        util: np.ndarray,
+        clock_factor: np.ndarray,
+        throttle_bits: np.ndarray,
+        xid: np.ndarray,
     ) -> dict[str, np.ndarray]:
-        """What DCGM reads for util, clock_factor, throttle_bits [n_gpus, n_ticks] (the
+        """What DCGM reads for util, clock_factor, throttle_bits, xid [n_gpus, n_ticks] (the
         causes as they were in each tick): clocks, reasons, power, utilisation, XID."""
         n, ticks = util.shape
         noise = self._rng.normal(0.0, 0.003, (n, ticks))
@@ -64,5 +68,5 @@ class GpuState:
             "throttle_reasons": bits,
             "power_w": power,
             "gpu_util_ratio": util,
-            "xid_last": np.broadcast_to(self.xid[:, None], (n, ticks)),
+            "xid_last": xid,
         }

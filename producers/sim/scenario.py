@@ -35,6 +35,9 @@ from typing import Any
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_EPOCH_NS = 1_790_000_000_000_000_000
+# The simulator's step: causes fire inside it (at 10 ms ticks), its true state is computed
+# per chunk; telemetry frames cover one or more chunks (cluster.frame_interval_ms).
+SIM_CHUNK_MS = 100
 
 
 class ScenarioError(ValueError):
@@ -69,6 +72,8 @@ class ClusterSpec:
     counter_resets: tuple[tuple[str, str, float], ...] = ()  # (node, port, at_s)
     counter_wrap_bits: int = 64  # 32: counters wrap at 2**32 (legacy PMA counters)
     collective_detail_every: int = 16  # sample one collective's detail every N steps
+    # every source sends one frame per period, covering it (a multiple of SIM_CHUNK_MS)
+    frame_interval_ms: int = 200
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,11 @@ def validate(scenario: Scenario) -> None:
         raise ScenarioError(f"{where}: cluster.pcie_gen in 3..6 and pcie_width in 1,2,4,8,16")
     if not 0.0 <= c.sample_loss_ratio < 0.5:
         raise ScenarioError(f"{where}: cluster.sample_loss_ratio must be in [0, 0.5)")
+    if c.frame_interval_ms < SIM_CHUNK_MS or c.frame_interval_ms % SIM_CHUNK_MS:
+        raise ScenarioError(
+            f"{where}: cluster.frame_interval_ms must be a positive multiple of "
+            f"{SIM_CHUNK_MS} (the simulator's chunk), got {c.frame_interval_ms}"
+        )
     if c.counter_wrap_bits not in (32, 48, 64):
         raise ScenarioError(f"{where}: cluster.counter_wrap_bits must be 32, 48 or 64")
     if w.arrivals not in ("poisson", "bursty", "azure"):

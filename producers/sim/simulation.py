@@ -6,8 +6,10 @@
         frame.topic, frame.key, frame.schema, frame.record
     sim.labels                        # FaultLabel dicts, complete once frames() is exhausted
 
-Frames come in event-time order, one chunk (100 ms) at a time: every frame of a chunk before
-any of the next. Faults start and end at their exact times for compute, engine and routing
+Frames come in event-time order, one frame period (``cluster.frame_interval_ms``, default
+200 ms: two chunks) at a time: every source sends one frame per period, and every frame of a
+period comes before any of the next; a ``frames()`` call that ends inside a period sends the
+frames of its part. Faults start and end at their exact times for compute, engine and routing
 causes (the chunk is split into 10 ms ticks and the engines run up to the fault time); fabric
 causes take effect at the next 100 ms chunk. Same seed, same scenario -> same frames (random
 streams are per mechanism, so a fault does not change the arrivals).
@@ -24,8 +26,8 @@ from producers.sim.control import Control
 from producers.sim.faults import KINDS, Undo, apply, entity_of, severity_of
 from producers.sim.ingress import north_south
 from producers.sim.labels import LoadLabeller, make_label
-from producers.sim.scenario import FaultSpec, Scenario
-from producers.sim.telemetry import ChunkTruth, SimFrame, Telemetry
+from producers.sim.scenario import SIM_CHUNK_MS, FaultSpec, Scenario
+from producers.sim.telemetry import ChunkTruth, SimFrame, Telemetry, join_truths
 from producers.sim.world import CHUNK_NS, TICK_NS, TICKS_PER_CHUNK, World
 from skewscope.config import Topics
 
@@ -50,6 +52,7 @@ class Simulation:
         self.telemetry = Telemetry(self.world, topics)
         self.control = Control(self.world)
         self._load = LoadLabeller(self.world, self.scenario_id)
+        self._chunks_per_frame = scenario.cluster.frame_interval_ms // SIM_CHUNK_MS
         self._injected: list[dict[str, Any]] = []
         events: list[tuple[int, int, FaultSpec, str]] = []
         for i, f in enumerate(scenario.faults):
@@ -66,8 +69,10 @@ class Simulation:
         self._undo: dict[int, Undo] = {}
         self._open: dict[int, dict[str, Any]] = {}
         self.now_ns = self.start_ns
-        # the true state of the latest chunk (for measurements; never emitted)
+        # the true state of the latest chunk, and of each chunk of the period whose frames
+        # are being yielded (for measurements; never emitted)
         self.last_truth: ChunkTruth | None = None
+        self.period_truths: list[ChunkTruth] = []
         self._topology = self.world.layout.topology_records(self.start_ns)
 
     @property
@@ -112,14 +117,20 @@ class Simulation:
         """Frames of the next duration_s seconds (default: the scenario's duration)."""
         duration = self.scenario.duration_s if duration_s is None else duration_s
         end = self.now_ns + round(duration * 1e9)
+        period: list[ChunkTruth] = []
         while self.now_ns < end:
-            yield from self._chunk()
+            period.append(self._chunk())
+            if len(period) == self._chunks_per_frame or self.now_ns >= end:
+                self.period_truths = period
+                yield from self.telemetry.emit(join_truths(period))
+                period = []
         for label in self._open.values():
             label["end_ns"] = self.now_ns
         self._open.clear()
         self._load.close(self.now_ns)
 
-    def _chunk(self) -> list[SimFrame]:
+    def _chunk(self) -> ChunkTruth:
+        """Simulate the next chunk; return its true state."""
         w = self.world
         t0 = self.now_ns
         w.fabric.begin_chunk(t0)
@@ -147,9 +158,8 @@ class Simulation:
         self.now_ns = t0 + CHUNK_NS
         truth = self._truth(t0, clock_factor, throttle, gen)
         self.last_truth = truth
-        frames = self.telemetry.emit(truth)
         self._load.observe(self.now_ns)
-        return frames
+        return truth
 
     def _engine_state(self) -> np.ndarray:
         rows = [
@@ -190,18 +200,27 @@ class Simulation:
             w.scenario.cluster.ns_link_gbps * 1e9 / 8,
             w.rng_telemetry,
         )
+        hang_since = [-1 if ex.hang_start_ns is None else ex.hang_start_ns for ex in w.executors]
+        capacity = [e.max_num_seqs for e in w.engines]
+
+        def per_tick(values: Any) -> np.ndarray:  # (as at the end of the chunk)
+            return np.repeat(np.asarray(values, dtype=np.int64)[:, None], TICKS_PER_CHUNK, axis=1)
+
         return ChunkTruth(
             chunk_start=t0,
             util=util,
             clock_factor=clock_factor,
             throttle_bits=throttle,
-            pcie_gen=w.pcie.gen.copy(),
-            pcie_width=w.pcie.width.copy(),
+            pcie_gen=per_tick(w.pcie.gen),
+            pcie_width=per_tick(w.pcie.width),
+            xid=per_tick(w.gpus.xid),
             pcie=pcie,
             nic_stalls=stalls,
             fabric=fabric,
             ns=ns,
             gen_tokens=gen,
+            batch_capacity=per_tick(capacity),
+            hang_since_ns=per_tick(hang_since),
             prefill_share=prefill_share,
         )
 

@@ -1,4 +1,7 @@
-"""Emitters: the world's true state after a 100 ms chunk, as each source would report it.
+"""Emitters: the world's true state over a frame period, as each source would report it.
+
+Every source sends one frame per period (``cluster.frame_interval_ms``, default 200 ms: two
+100 ms simulator chunks, whose truths :func:`join_truths` puts end to end), covering it.
 
 Sources and what they see (DESIGN.md section 1):
 
@@ -22,6 +25,7 @@ per-producer ``frame_seq``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +38,7 @@ from producers.sim.fabric import TickTraffic
 from producers.sim.ingress import NorthSouth
 from producers.sim.nic_counters import COUNTERS, INDEX, CounterBank
 from producers.sim.topology import DeploymentLayout
-from producers.sim.world import TICK_NS, TICKS_PER_CHUNK, World
+from producers.sim.world import TICK_NS, World
 from schemas.columns import pack
 from skewscope.config import Topics
 
@@ -47,27 +51,94 @@ class SimFrame:
     key: str
     schema: str
     record: dict[str, Any]
-    event_time_ns: int = 0  # true end of the chunk the frame covers
+    event_time_ns: int = 0  # true end of the period the frame covers
 
 
 @dataclass
 class ChunkTruth:
-    """True state of one chunk that emitters need beyond the world object itself."""
+    """True state of one chunk (or of consecutive chunks joined) that emitters need beyond
+    the world object itself. Every array has the ticks on its last axis."""
 
     chunk_start: int
     util: np.ndarray  # [n_gpus, ticks]
     clock_factor: np.ndarray  # [n_gpus, ticks]
     throttle_bits: np.ndarray  # [n_gpus, ticks]
-    pcie_gen: np.ndarray  # [n_gpus]
+    pcie_gen: np.ndarray  # [n_gpus, ticks] (as at the end of each chunk)
     pcie_width: np.ndarray
+    xid: np.ndarray  # [n_gpus, ticks] last XID (as at the end of each chunk)
     pcie: dict[str, np.ndarray]
     nic_stalls: tuple[np.ndarray, np.ndarray]
     fabric: TickTraffic
     ns: NorthSouth
     gen_tokens: np.ndarray  # [n_replicas, ticks]
+    batch_capacity: np.ndarray  # [n_replicas, ticks] max_num_seqs (end of each chunk)
+    hang_since_ns: np.ndarray  # [n_replicas, ticks] start of a rank hang, -1: none (same)
     # Truth only (never emitted): share of each GPU's compute time in each tick spent on
     # prefill, from the nominal split of the steps running in it; NaN where no step runs.
     prefill_share: np.ndarray | None = None  # [n_gpus, ticks]
+
+    @property
+    def ticks(self) -> int:
+        return int(self.util.shape[1])
+
+
+def _join_ticks(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts, axis=-1)
+
+
+def join_truths(parts: list[ChunkTruth]) -> ChunkTruth:
+    """The truth of consecutive chunks as one: per-tick arrays end to end. The north-south
+    flows are the same in every chunk (connections are fixed by the scenario)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    ns0 = first.ns
+    if any(p.ns.flow_ids != ns0.flow_ids for p in parts[1:]):
+        raise ValueError("north-south flows changed between chunks of one frame period")
+
+    def ns_ticks(name: str) -> np.ndarray:
+        return _join_ticks([getattr(p.ns, name) for p in parts])
+
+    ns = NorthSouth(
+        rx_bytes=ns_ticks("rx_bytes"),
+        tx_bytes=ns_ticks("tx_bytes"),
+        rx_queue_peak_bytes=ns_ticks("rx_queue_peak_bytes"),
+        rx_discards=ns_ticks("rx_discards"),
+        flow_node=ns0.flow_node,
+        flow_ids=ns0.flow_ids,
+        flow_rx=ns_ticks("flow_rx"),
+        flow_tx=ns_ticks("flow_tx"),
+        flow_burst=ns_ticks("flow_burst"),
+    )
+    fabric = TickTraffic(
+        **{
+            f.name: _join_ticks([getattr(p.fabric, f.name) for p in parts])
+            for f in dataclasses.fields(TickTraffic)
+        }
+    )
+    shares = [p.prefill_share for p in parts]
+    return ChunkTruth(
+        chunk_start=first.chunk_start,
+        util=_join_ticks([p.util for p in parts]),
+        clock_factor=_join_ticks([p.clock_factor for p in parts]),
+        throttle_bits=_join_ticks([p.throttle_bits for p in parts]),
+        pcie_gen=_join_ticks([p.pcie_gen for p in parts]),
+        pcie_width=_join_ticks([p.pcie_width for p in parts]),
+        xid=_join_ticks([p.xid for p in parts]),
+        pcie={k: _join_ticks([p.pcie[k] for p in parts]) for k in first.pcie},
+        nic_stalls=(
+            _join_ticks([p.nic_stalls[0] for p in parts]),
+            _join_ticks([p.nic_stalls[1] for p in parts]),
+        ),
+        fabric=fabric,
+        ns=ns,
+        gen_tokens=_join_ticks([p.gen_tokens for p in parts]),
+        batch_capacity=_join_ticks([p.batch_capacity for p in parts]),
+        hang_since_ns=_join_ticks([p.hang_since_ns for p in parts]),
+        prefill_share=None
+        if any(x is None for x in shares)
+        else _join_ticks([x for x in shares if x is not None]),
+    )
 
 
 @dataclass(frozen=True)
@@ -195,15 +266,16 @@ class Telemetry:
         return self.rng.random(n) >= self.loss
 
     def emit(self, truth: ChunkTruth) -> list[SimFrame]:
-        """All frames of one chunk, in topic order."""
+        """All frames of the period ``truth`` covers, in topic order."""
         frames: list[SimFrame] = []
         t0 = truth.chunk_start
-        tick_end = t0 + TICK_NS * np.arange(1, TICKS_PER_CHUNK + 1, dtype=np.int64)
+        tick_end = t0 + TICK_NS * np.arange(1, truth.ticks + 1, dtype=np.int64)
+        until = int(tick_end[-1])
         for r, engine in enumerate(self.world.engines):
-            frames.append(self._requests(engine, t0 + TICK_NS * TICKS_PER_CHUNK))
-            frames.append(self._engine_samples(r, engine, tick_end))
+            frames.append(self._requests(engine, until))
+            frames.append(self._engine_samples(r, engine, truth, tick_end))
         for ex in self.world.executors:
-            frames.extend(self._collectives(ex, t0 + TICK_NS * TICKS_PER_CHUNK))
+            frames.extend(self._collectives(ex, until))
         frames.extend(self._gpu(truth, tick_end))
         frames.extend(self._nic(truth, tick_end))
         frames.extend(self._dpu(truth, tick_end))
@@ -252,7 +324,9 @@ class Telemetry:
             self.topics.engine_requests, engine.name, "EngineRequestFrame", record, until
         )
 
-    def _engine_samples(self, r: int, engine: Engine, tick_end: np.ndarray) -> SimFrame:
+    def _engine_samples(
+        self, r: int, engine: Engine, truth: ChunkTruth, tick_end: np.ndarray
+    ) -> SimFrame:
         w = self.world
         dl = w.layout.deployments[r]
         node = dl.frontend_node
@@ -276,9 +350,10 @@ class Telemetry:
         step_ns = np.where(
             count > 0, (in_tick * dur[None, :]).sum(axis=1) / np.maximum(count, 1), 0.0
         )
-        if ex.hang_start_ns is not None:
-            elapsed = np.maximum(0, tick_end - ex.hang_start_ns)
-            step_ns = np.where(tick_end > ex.hang_start_ns, elapsed, step_ns)
+        hang_since = truth.hang_since_ns[r]
+        hung = (hang_since >= 0) & (tick_end > hang_since)
+        if hung.any():
+            step_ns = np.where(hung, tick_end - hang_since, step_ns)
         # keep only what later chunks still need
         keep_from = max(0, int(idx.max()) if idx.size else 0)
         engine.snap_t = engine.snap_t[keep_from:]
@@ -302,7 +377,7 @@ class Telemetry:
             "ts_ns": w.clocks.to_local(w.clocks.host(node), tick_end),
             "num_running": col(0),
             "num_waiting": col(1),
-            "batch_capacity": np.full(tick_end.size, engine.max_num_seqs),
+            "batch_capacity": truth.batch_capacity[r],
             "kv_cache_usage_ratio": col(2),
             "preemptions_total": col(3),
             "prompt_tokens_total": col(4),
@@ -403,7 +478,7 @@ class Telemetry:
         w = self.world
         lay = w.layout
         gpus = w.gpus
-        readings = gpus.readings(truth.util, truth.clock_factor, truth.throttle_bits)
+        readings = gpus.readings(truth.util, truth.clock_factor, truth.throttle_bits, truth.xid)
         replay_cum = self.replay_total[:, None] + np.cumsum(truth.pcie["replays"], axis=1)
         self.replay_total = replay_cum[:, -1]
         out = []
@@ -430,8 +505,8 @@ class Telemetry:
                 "gpu_util_ratio": rows(readings["gpu_util_ratio"]),
                 "pcie_tx_bytes_per_s": rows(truth.pcie["pcie_tx_bytes_per_s"]),
                 "pcie_rx_bytes_per_s": rows(truth.pcie["pcie_rx_bytes_per_s"]),
-                "pcie_link_gen": np.repeat(truth.pcie_gen[gsel], ticks),
-                "pcie_link_width": np.repeat(truth.pcie_width[gsel], ticks),
+                "pcie_link_gen": rows(truth.pcie_gen),
+                "pcie_link_width": rows(truth.pcie_width),
                 "pcie_replay_total": rows(replay_cum),
                 "xid_last": rows(readings["xid_last"]),
             }
@@ -463,10 +538,12 @@ class Telemetry:
         return ts.reshape(n_nodes, ticks)
 
     # -- nic -------------------------------------------------------------------------------
-    def _reset_ticks(self, resets: list[tuple[int, int]], n: int, t0: int) -> np.ndarray:
+    def _reset_ticks(
+        self, resets: list[tuple[int, int]], n: int, t0: int, ticks: int
+    ) -> np.ndarray:
         out = np.full(n, -1)
         for port, at in resets:
-            if t0 <= at < t0 + TICK_NS * TICKS_PER_CHUNK:
+            if t0 <= at < t0 + TICK_NS * ticks:
                 out[port] = (at - t0) // TICK_NS
         return out
 
@@ -498,7 +575,7 @@ class Telemetry:
         ):
             inc[INDEX[name]] = value
         ew_values = self.ew.advance(
-            inc, self._reset_ticks(self.resets_ew, n_ports, truth.chunk_start)
+            inc, self._reset_ticks(self.resets_ew, n_ports, truth.chunk_start, ticks)
         )
         ns = truth.ns
         n_nodes = lay.n_nodes
@@ -529,7 +606,7 @@ class Telemetry:
         for name, rate in background.items():
             ns_inc[INDEX[name]] = self.rng.poisson(rate * dt_s, (n_nodes, ticks))
         ns_values = self.ns.advance(
-            ns_inc, self._reset_ticks(self.resets_ns, n_nodes, truth.chunk_start)
+            ns_inc, self._reset_ticks(self.resets_ns, n_nodes, truth.chunk_start, ticks)
         )
         ports = self._nic_ports
         # [port, counter, tick], east-west ports then north-south ones (one frame each)

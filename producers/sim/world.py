@@ -2,7 +2,8 @@
 
 A :class:`World` owns the layout, clocks, GPUs, PCIe links, fabric, router, tokenizers,
 executors and engines, and the arrival process. It knows nothing of telemetry: emitters read
-its true state after each 100 ms chunk, faults change its causes between ticks.
+its true state after each 100 ms chunk (``CHUNK_NS``), faults change its causes between
+ticks.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from producers.sim.fabric import Fabric
 from producers.sim.frontend import Router, Tokenizer
 from producers.sim.gpu import GpuState
 from producers.sim.pcie import PcieState
-from producers.sim.scenario import Scenario
+from producers.sim.scenario import SIM_CHUNK_MS, Scenario
 from producers.sim.topology import Layout
 
 TICK_NS = 10_000_000
-TICKS_PER_CHUNK = 10
-CHUNK_NS = TICK_NS * TICKS_PER_CHUNK
+CHUNK_NS = SIM_CHUNK_MS * 1_000_000
+TICKS_PER_CHUNK = CHUNK_NS // TICK_NS
 
 
 class World:

@@ -1,11 +1,11 @@
 """One closed-loop episode in event time, in one process: simulator -> detector -> Redis ->
 scheduler client -> controller -> simulator.
 
-Each 100 ms chunk of the simulation is fed to the detector core (as the live workers feed
-it); every ``control_period_s`` of event time (checked at chunk ends) the verdicts and
+Each frame period of the simulation (200 ms) is fed to the detector core (as the live workers
+feed it); every ``control_period_s`` of event time (checked at period ends) the verdicts and
 heartbeats produced since the last control step are written to Redis with the sink's writer
 and the loop waits until the scheduler client's cache has them (:mod:`sinks.controller.feed`);
-then the controller ticks and its actions reach the world before the next chunk is simulated.
+then the controller ticks and its actions reach the world before the next period is simulated.
 Controller time is event time (the client's clock is the simulation's clock), so dwell and
 rate limits are in event time and a run is deterministic: same scenario, seed and settings,
 same decisions.
@@ -52,7 +52,7 @@ from sinks.controller.metrics import (
     time_series,
 )
 from sinks.controller.policy import Placement
-from sinks.controller.stepper import ChunkStepper
+from sinks.controller.stepper import PeriodStepper
 from sinks.redis_writer import RedisWriter
 
 S = 1_000_000_000
@@ -127,15 +127,15 @@ def run_episode(scenario: Scenario, seed: int, config: LoopConfig) -> EpisodeRun
     if config.mode is not Mode.OFF:
         _check_epoch(sim.start_ns, end_ns, scenario.name)
     meters = _Meters(GpuIdleMeter(sim.start_ns), RequestMeter(), StepMeter())
-    stepper = ChunkStepper(sim, duration_s)
+    stepper = PeriodStepper(sim, duration_s)
     audit = AuditLog(config.audit_path)
     ticks: list[TickResult] = []
     calls: list[ControlCall] = []
     written = injected = 0
     try:
         if config.mode is Mode.OFF:
-            while (chunk := stepper.next_chunk()) is not None:
-                for frame in chunk:
+            while (period := stepper.next_period()) is not None:
+                for frame in period:
                     meters.observe(frame)
         else:
             written, injected, calls = _closed_loop(sim, stepper, meters, audit, ticks, config)
@@ -172,7 +172,7 @@ def _check_epoch(start_ns: int, end_ns: int, name: str) -> None:
 
 def _closed_loop(
     sim: Simulation,
-    stepper: ChunkStepper,
+    stepper: PeriodStepper,
     meters: _Meters,
     audit: AuditLog,
     ticks: list[TickResult],
@@ -222,12 +222,12 @@ def _closed_loop(
         next_tick_ns = sim.start_ns + period_ns
         pending: list[dict[str, Any]] = []
         injected = 0
-        while (chunk := stepper.next_chunk()) is not None:
-            for frame in chunk:
+        while (period := stepper.next_period()) is not None:
+            for frame in period:
                 meters.observe(frame)
                 outputs = detector.process(frame.schema, frame.record)
                 pending += [o.record for o in outputs if o.schema == "Verdict"]
-            now_ns = chunk[0].event_time_ns
+            now_ns = period[0].event_time_ns
             if now_ns < next_tick_ns:
                 continue
             while next_tick_ns <= now_ns:

@@ -14,7 +14,7 @@
   run, TTFT <= ``slo.ttft_ms`` and TPOT ((finish - first token) / (tokens - 1)) <=
   ``slo.tpot_ms``. Finish and TPOT come from the engines' EngineRequestFrames (FIRST_TOKEN
   and FINISHED events; TPOT is a difference of two stamps of one host clock, so the clock's
-  offset cancels; a finish is placed at the end of the chunk that reported it). Requests that
+  offset cancels; a finish is placed at the end of the frame period that reported it). Requests that
   arrive in the last ``slo.tail_s`` are not judged (they may not finish even when all is
   well); the rate is over the judged arrival span. Requests that admission control rejected
   (HTTP 429) never meet the SLO: they count in ``slo_met_ratio``'s denominator and in
@@ -102,7 +102,7 @@ def _request_key(request_id: str) -> tuple[str, int]:
 def requests_of(sim: Simulation, meter: RequestMeter) -> RequestTable:
     """Every request the engines received: true arrival and first token, finish from telemetry.
 
-    ``finish_ns`` is the end of the chunk whose frame reported the finish; ``tpot_ns`` the
+    ``finish_ns`` is the end of the frame period whose frame reported the finish; ``tpot_ns`` the
     finish minus first-token stamps over tokens - 1 (-1 while unfinished).
     """
     cols: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -139,7 +139,7 @@ def requests_of(sim: Simulation, meter: RequestMeter) -> RequestTable:
 class StepMeter:
     """Tokens generated and step duration per 10 ms engine sample, from EngineSampleFrames.
 
-    A sample's time is placed on event time as the frame's chunk end minus its distance (in
+    A sample's time is placed on event time as the frame's period end minus its distance (in
     its own clock) from the frame's last sample.
     """
 

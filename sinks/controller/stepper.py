@@ -1,19 +1,20 @@
-"""The simulator one 100 ms chunk at a time, handing control back *between* chunks.
+"""The simulator one frame period at a time, handing control back *between* periods.
 
-``Simulation.frames(duration_s)`` is a generator that simulates a whole chunk when its first
-frame is asked for, and closes the run's labels when a call ends (so calling it once per
-chunk would cut every fault label short). :class:`ChunkStepper` keeps one generator for the
-whole run and returns each chunk's frames without asking for the next chunk's first frame, so
-a controller can act on the world before the next chunk is simulated.
+``Simulation.frames(duration_s)`` is a generator that simulates a whole frame period
+(``cluster.frame_interval_ms``, 200 ms by default) when its first frame is asked for, and
+closes the run's labels when a call ends (so calling it once per period would cut every fault
+label short). :class:`PeriodStepper` keeps one generator for the whole run and returns each
+period's frames without asking for the next period's first frame, so a controller can act on
+the world before the next period is simulated.
 
-It relies on what docs/simulator.md states: every source emits one frame per chunk (empty
-ones included), all frames of a chunk carry its end as ``event_time_ns`` and come before any
-of the next. The frame count per chunk is learnt from the first chunk (the only chunk whose
-end is found by reading one frame ahead: the first control step takes effect one chunk
-later, long before any verdict exists) and checked on every chunk after.
+It relies on what docs/simulator.md states: every source emits one frame per period (empty
+ones included), all frames of a period carry its end as ``event_time_ns`` and come before
+any of the next. The frame count per period is learnt from the first period (the only one
+whose end is found by reading one frame ahead: the first control step takes effect one
+period later, long before any verdict exists) and checked on every period after.
 
 Limits: a simulator that changed its frame count in mid-run would be reported, not followed;
-a public one-chunk step in ``producers.sim.Simulation`` would replace the counting.
+a public one-period step in ``producers.sim.Simulation`` would replace the counting.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from collections.abc import Iterator
 from producers.sim import SimFrame, Simulation
 
 
-class ChunkStepper:
-    """``next_chunk()`` -> the frames of the next chunk, or None once the run is over.
+class PeriodStepper:
+    """``next_period()`` -> the frames of the next frame period, or None once the run is over.
 
     Call it until it returns None: only then has the simulator closed the run's labels.
     """
@@ -36,7 +37,7 @@ class ChunkStepper:
         self._ahead: SimFrame | None = None
         self._done = False
 
-    def next_chunk(self) -> list[SimFrame] | None:
+    def next_period(self) -> list[SimFrame] | None:
         if self._done:
             return None
         if self._per_chunk is None:
@@ -54,9 +55,9 @@ class ChunkStepper:
         ends = {f.event_time_ns for f in chunk}
         if len(chunk) != self._per_chunk or len(ends) != 1:
             raise RuntimeError(
-                f"simulator chunk at {sorted(ends)} had {len(chunk)} frames over {len(ends)} "
-                f"chunk ends; expected {self._per_chunk} frames of one chunk (every source "
-                "emits one frame per chunk): the stepper cannot find chunk boundaries"
+                f"simulator period at {sorted(ends)} had {len(chunk)} frames over {len(ends)} "
+                f"period ends; expected {self._per_chunk} frames of one period (every source "
+                "emits one frame per period): the stepper cannot find period boundaries"
             )
         return chunk
 

@@ -6,14 +6,15 @@ this process and the Redis sink (``skewscope sink redis``) on core 0; the real w
 
 * Offered load: frames of the ``bench-large`` scenario scaled to ``--scale`` times its
   replicas, generated and Avro-encoded before the run (so generation does not limit the
-  rate), then produced chunk by chunk (100 ms of event time) at ``--rate`` samples/s.
+  rate), then produced one frame period at a time (200 ms of event time by default) at
+  ``--rate`` samples/s.
 * Consumer lag: every second, the worker group's committed offsets against the high
   watermarks (messages), and the worker's ``/status`` watermarks against the event time
   produced so far (event-time delay). Bounded: the lag of the last third of the run is not
   above the middle third's by more than one worker batch.
 * System latency, window close -> verdict visible in Redis: a window ending at event time E
   closes once every stream has shown E + allowed lateness, i.e. once the producer has sent
-  the first chunk that ends at or after E + 100 ms; the wall clock when that chunk was sent is
+  the first period that ends at or after E + 100 ms; the wall clock when that period was sent is
   taken as the close time (the close cannot happen earlier, so the figure is an upper bound
   that also contains the Kafka hop into the worker and any queueing in it). Visible: the
   wall clock at which a ``SchedulerClient`` on the same Redis gets the change (pub/sub) for
@@ -61,7 +62,6 @@ from skewscope.kafka.client_config import base_config
 from skewscope.kafka.producer import EventProducer
 from skewscope.process import stop_process
 
-CHUNK_NS = 100_000_000
 WORKER_BATCH = 2000
 
 
@@ -111,14 +111,15 @@ def _status(port: int) -> dict[str, Any] | None:
 def generate(
     settings: Settings, scale: int, sim_seconds: float, seed: int = 0
 ) -> tuple[Simulation, list[Any]]:
-    """Frames of the scaled scenario for ``settings.topics``, encoded, grouped by 100 ms chunk:
-    ``[(chunk_end_ns, samples, [(topic, key, value), ...]), ...]``."""
+    """Frames of the scaled scenario for ``settings.topics``, encoded, grouped by frame period
+    (every frame of a period carries its end as ``event_time_ns``):
+    ``[(period_end_ns, samples, [(topic, key, value), ...]), ...]``."""
     sim = Simulation(scaled_scenario("bench-large", scale), seed=seed, topics=settings.topics)
     codec = AvroCodec()
     chunks: list[Any] = []
     current_end, samples, frames = None, 0, []
     for frame in sim.frames(sim_seconds):
-        end = (frame.event_time_ns // CHUNK_NS + 1) * CHUNK_NS
+        end = frame.event_time_ns
         if current_end is not None and end != current_end:
             chunks.append((current_end, samples, frames))
             samples, frames = 0, []

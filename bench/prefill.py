@@ -2,7 +2,8 @@
 
 The frame format is the one documented in ``schemas/*.avsc`` and produced by ``producers.sim``
 (and by the adapters): Avro single-object encoding, packed little-endian numpy columns, one
-frame per source, node (port, communicator) and 100 ms of event time, lz4-compressed batches
+frame per source, node (port, communicator) and frame period (200 ms of event time by default,
+``cluster.frame_interval_ms``), lz4-compressed batches
 on the wire. :func:`prefill` returns, per schema, frames, samples per frame and bytes per
 frame, so every throughput figure can name the format it was measured at.
 

@@ -21,7 +21,7 @@ from producers.sim.capture import read_capture
 from producers.sim.cli import add_sim_commands
 from producers.sim.publish import publish
 from producers.sim.readback import Readback
-from producers.sim.scenario import Scenario
+from producers.sim.scenario import Scenario, ScenarioError
 from producers.sim.suite import CONDITIONS
 from schemas.codec import AvroCodec
 from skewscope.config import Topics, load_settings
@@ -402,6 +402,20 @@ def test_produce_sim_out_writes_a_capture_whose_messages_decode(tmp_path: Path) 
     assert {"TopologyRecord", "CollectiveFrame", "NicCounterFrame", "FaultLabel"} <= schemas
     for r in records:
         assert codec.decode(r["value"]).name == r["schema"]
+
+
+def test_produce_sim_frame_interval_sets_the_period_each_frame_covers(tmp_path: Path) -> None:
+    ends = {}
+    for period_ms in ("100", "200"):
+        out = tmp_path / f"run{period_ms}.avro"
+        argv = ["produce", "sim", "--scenario", "clean", "--duration", "1.0", "--out", str(out)]
+        assert _cli([*argv, "--frame-interval-ms", period_ms]) == 0
+        records = [r for r in read_capture(out) if r["schema"] == "GpuSampleFrame"]
+        ends[period_ms] = sorted({r["event_time_ns"] for r in records})
+    assert len(ends["100"]) == 10 and len(ends["200"]) == 5
+    assert set(ends["200"]) <= set(ends["100"])
+    with pytest.raises(ScenarioError, match="frame_interval_ms"):
+        _cli(["produce", "sim", "--scenario", "clean", "--frame-interval-ms", "150"])
 
 
 def test_produce_sim_to_kafka_delivers_topology_frames_and_labels(

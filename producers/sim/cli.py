@@ -8,11 +8,12 @@ only ``produce sim``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from producers.sim.scenario import bundled_scenarios, load_scenario
+from producers.sim.scenario import bundled_scenarios, load_scenario, validate
 
 
 def add_sim_parser(produce_sub: argparse._SubParsersAction) -> None:
@@ -38,6 +39,13 @@ def add_sim_parser(produce_sub: argparse._SubParsersAction) -> None:
         help="multiply the client request rate (default 1.0)",
     )
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--frame-interval-ms",
+        type=int,
+        default=None,
+        help="period every source's frame covers, a multiple of 100 "
+        "(default: the scenario's cluster.frame_interval_ms, 200)",
+    )
     sim.add_argument(
         "--out",
         type=Path,
@@ -88,6 +96,10 @@ def _produce_sim(args: argparse.Namespace) -> int:
     from skewscope.kafka.producer import EventProducer
 
     scenario = load_scenario(args.scenario)
+    if args.frame_interval_ms is not None:
+        cluster = dataclasses.replace(scenario.cluster, frame_interval_ms=args.frame_interval_ms)
+        scenario = dataclasses.replace(scenario, cluster=cluster)
+        validate(scenario)
     duration = args.duration if args.duration is not None else scenario.duration_s
     settings = load_settings(Path(args.config) if args.config else None)
     sim = Simulation(scenario, seed=args.seed, rate_scale=args.rate_scale, topics=settings.topics)

@@ -22,13 +22,15 @@ from producers.adapters.cli import add_adapter_commands
 from producers.adapters.common import Frame, FrameContext
 from producers.adapters.dcgm import dcgm_frames
 from producers.adapters.scrape import (
-    FORMATS,
     NicOptions,
     ProducerSink,
     Scraper,
+    converter,
     fetch_url,
     make_fetch,
 )
+from producers.adapters.step_timer import StepTimer
+from producers.adapters.tgi import tgi_frames
 from producers.adapters.vllm import vllm_frames
 from schemas.codec import AvroCodec
 from schemas.columns import unpack
@@ -104,7 +106,7 @@ def _scraper(
     sink = _Recorder()
     scraper = Scraper(
         fetch,
-        FORMATS[fmt],
+        converter(fmt),
         sink,
         FrameContext("dep-a", "node07"),
         wait=wait,
@@ -192,7 +194,7 @@ def test_stop_event_ends_the_loop_during_the_interval() -> None:
     stop = threading.Event()
     scraper = Scraper(
         lambda: VLLM.read_text(),
-        FORMATS["vllm"],
+        converter("vllm"),
         _Recorder(),
         FrameContext("d", "n"),
         interval_s=3600,
@@ -244,7 +246,7 @@ def test_scraped_frames_land_in_kafka_and_decode_equal(
     for fmt, path in (("vllm", "/vllm/metrics"), ("dcgm", "/dcgm/metrics")):
         scraper = Scraper(
             make_fetch(url=f"{http_base}{path}", timeout_s=2),
-            FORMATS[fmt],
+            converter(fmt),
             sink,
             FrameContext("llama70b-a", "node07", replica="r0"),
             interval_s=0,
@@ -307,3 +309,71 @@ def test_cli_registers_produce_scrape_and_reports_failure(
     )
     assert args.interval_s == 1.0 and args.format == "dcgm"
     assert args.func(args) == 1  # the only scrape failed; nothing was produced
+
+
+# -- step duration from two scrapes -------------------------------------------------------------
+def test_step_timer_means_the_durations_between_scrapes() -> None:
+    timer = StepTimer()
+    assert timer.step_ns("e", 1.0, 10) == -1  # first scrape: nothing to difference
+    assert timer.step_ns("e", 1.5, 20) == 50_000_000  # 0.5 s over 10 observations
+    assert timer.step_ns("e", 1.5, 20) == -1  # idle: no step in the interval
+    assert timer.step_ns("e", 0.2, 4) == -1  # restarted server: values went down
+    assert timer.step_ns("e", 0.5, 10) == 50_000_000  # and it goes on from the new values
+    assert timer.step_ns("other", 0.5, 10) == -1  # per engine
+    assert timer.step_ns("e", None, 12) == -1 and timer.step_ns("e", float("nan"), 12) == -1
+
+
+def _with_histogram(text: str, name: str, total: float, count: float) -> str:
+    """``text`` with the _sum and _count samples of ``name`` set (labels kept)."""
+    lines = []
+    for line in text.splitlines():
+        for suffix, value in (("_sum", total), ("_count", count)):
+            if line.startswith(f"{name}{suffix}{{") or line.startswith(f"{name}{suffix} "):
+                line = f"{line.rsplit(' ', 1)[0]} {value}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def test_vllm_step_duration_is_the_inter_token_latency_between_two_scrapes() -> None:
+    base = VLLM.read_text()
+    itl = "vllm:time_per_output_token_seconds"
+    bodies = iter([_with_histogram(base, itl, 0.19, 6), _with_histogram(base, itl, 0.69, 16)] * 2)
+    scraper, sink, _ = _scraper(lambda: next(bodies))
+    assert scraper.scrape_once() and scraper.scrape_once()
+    steps = [int(unpack("EngineSampleFrame", f.record)["step_duration_ns"][0]) for f in sink.frames]
+    assert steps == [-1, 50_000_000]  # (0.69 - 0.19) s over 10 tokens
+    # a second scraper keeps its own state: its first scrape has nothing to difference
+    other, other_sink, _ = _scraper(lambda: next(bodies))
+    assert other.scrape_once()
+    assert unpack("EngineSampleFrame", other_sink.frames[0].record)["step_duration_ns"][0] == -1
+
+
+def test_vllm_prefers_the_v1_inter_token_latency_histogram() -> None:
+    text = (
+        "vllm:num_requests_running 3\n"
+        "vllm:time_per_output_token_seconds_sum {s}\nvllm:time_per_output_token_seconds_count 2\n"
+        "vllm:inter_token_latency_seconds_sum {s}\nvllm:inter_token_latency_seconds_count {n}\n"
+    )
+    timer = StepTimer()
+    ctx = FrameContext("d", "n")
+    vllm_frames(text.format(s=1.0, n=100), ctx, FIXED_TS_NS, timer)
+    (frame,) = vllm_frames(text.format(s=3.0, n=200), ctx, FIXED_TS_NS, timer).frames
+    assert unpack("EngineSampleFrame", frame.record)["step_duration_ns"][0] == 20_000_000
+
+
+def test_tgi_step_duration_is_the_mean_decode_forward_pass_between_two_scrapes() -> None:
+    base = (FORMATS_DIR / "tgi" / "tgi-metrics.datadog-fixture.txt").read_text()
+    timer = StepTimer()
+    ctx = FrameContext("d", "n")
+    steps = []
+    for total, count in ((89.03, 1509), (89.53, 1519)):
+        text = base.replace(
+            'tgi_batch_forward_duration_sum{method="decode"} 89.03133092599998',
+            f'tgi_batch_forward_duration_sum{{method="decode"}} {total}',
+        ).replace(
+            'tgi_batch_forward_duration_count{method="decode"} 1509',
+            f'tgi_batch_forward_duration_count{{method="decode"}} {count}',
+        )
+        (frame,) = tgi_frames(text, ctx, FIXED_TS_NS, timer).frames
+        steps.append(int(unpack("EngineSampleFrame", frame.record)["step_duration_ns"][0]))
+    assert steps == [-1, 50_000_000]  # 0.5 s over 10 decode passes

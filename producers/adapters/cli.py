@@ -19,7 +19,14 @@ from pathlib import Path
 
 from producers.adapters.common import FrameContext
 from producers.adapters.nic_frame import FABRICS, PLANES
-from producers.adapters.scrape import FORMATS, NicOptions, ProducerSink, Scraper, make_fetch
+from producers.adapters.scrape import (
+    FORMATS,
+    NicOptions,
+    ProducerSink,
+    Scraper,
+    converter,
+    make_fetch,
+)
 from skewscope.config import load_settings
 from skewscope.kafka.producer import EventProducer
 
@@ -79,7 +86,7 @@ def run_scrape(args: argparse.Namespace) -> int:
     producer = EventProducer(settings)
     scraper = Scraper(
         fetch,
-        FORMATS[args.format],
+        converter(args.format),
         ProducerSink(producer, settings.topics),
         ctx,
         nic=NicOptions(port=args.port, fabric=args.fabric, plane=args.plane),

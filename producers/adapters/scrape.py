@@ -44,6 +44,7 @@ from producers.adapters.rdma_counters import (
     parse_ttar,
     rdma_frames,
 )
+from producers.adapters.step_timer import StepTimer
 from producers.adapters.tgi import tgi_frames
 from producers.adapters.vllm import vllm_frames
 from skewscope.config import Topics
@@ -80,16 +81,38 @@ def _rdma(parser: Callable[[str], RdmaScrape]) -> Converter:
     return convert
 
 
-FORMATS: dict[str, Converter] = {
-    "vllm": lambda text, ctx, ts, nic: vllm_frames(text, ctx, ts),
-    "tgi": lambda text, ctx, ts, nic: tgi_frames(text, ctx, ts),
-    "dcgm": lambda text, ctx, ts, nic: dcgm_frames(text, ctx, ts),
-    "ethtool": _ethtool,
-    "rdma-sysfs": _rdma(parse_sysfs_listing),
-    "rdma-ttar": _rdma(parse_ttar),
-    "rdma-statistic": _rdma(parse_rdma_statistic),
-    "nccl-inspector": lambda text, ctx, ts, nic: inspector_frames(text, ctx, ts),
+def _timed(adapter: Callable[[str, FrameContext, int, StepTimer], AdapterOutput]) -> Converter:
+    """An engine converter with its own StepTimer: step durations come from the difference
+    between this converter's consecutive scrapes (:mod:`.step_timer`)."""
+    timer = StepTimer()
+
+    def convert(text: str, ctx: FrameContext, ts_ns: int, nic: NicOptions) -> AdapterOutput:
+        return adapter(text, ctx, ts_ns, timer)
+
+    return convert
+
+
+def _stateless(converter: Converter) -> Callable[[], Converter]:
+    return lambda: converter
+
+
+# name -> a factory of converters (each Scraper gets its own: engine converters keep state)
+FORMATS: dict[str, Callable[[], Converter]] = {
+    "vllm": lambda: _timed(vllm_frames),
+    "tgi": lambda: _timed(tgi_frames),
+    "dcgm": _stateless(lambda text, ctx, ts, nic: dcgm_frames(text, ctx, ts)),
+    "ethtool": _stateless(_ethtool),
+    "rdma-sysfs": _stateless(_rdma(parse_sysfs_listing)),
+    "rdma-ttar": _stateless(_rdma(parse_ttar)),
+    "rdma-statistic": _stateless(_rdma(parse_rdma_statistic)),
+    "nccl-inspector": _stateless(lambda text, ctx, ts, nic: inspector_frames(text, ctx, ts)),
 }
+
+
+def converter(name: str) -> Converter:
+    """A new converter of format ``name`` (KeyError for an unknown one), with state of its own
+    for the formats that difference consecutive scrapes (vllm, tgi)."""
+    return FORMATS[name]()
 
 
 # -- sources ----------------------------------------------------------------------------

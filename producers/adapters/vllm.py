@@ -15,13 +15,18 @@ prompt_tokens_total        ``vllm:prompt_tokens_total``
 generation_tokens_total    ``vllm:generation_tokens_total``
 kv_capacity_tokens         ``vllm:cache_config_info`` labels ``num_gpu_blocks`` x
                            ``block_size`` (0 when either is absent or not a number)
+step_duration_ns           with a :class:`~.step_timer.StepTimer` (the scrape loop keeps
+                           one): the mean inter-token latency between this scrape and the
+                           engine's previous one, ``vllm:inter_token_latency_seconds``
+                           ``_sum``/``_count`` (V1 >= 0.11), else
+                           ``vllm:time_per_output_token_seconds`` (V0, V1 before 0.11,
+                           where it was the per-token latency); ``-1`` on the first scrape
 =========================  ==========================================================
 
 Sentinels for what vLLM does not export: ``batch_capacity`` (max_num_seqs is not in
 /metrics; ``FrameContext.batch_capacity``, ``produce scrape --max-num-seqs``, supplies the
-configured value), ``step_duration_ns`` (no per-step timing; inter-token-latency histograms are
-per request) and ``tokenizer_queue_depth`` are ``-1``; a missing gauge is ``-1`` (counts) or
-``NaN`` (``kv_cache_usage_ratio``).
+configured value) and ``tokenizer_queue_depth`` are ``-1``; a missing gauge is ``-1`` (counts)
+or ``NaN`` (``kv_cache_usage_ratio``).
 
 Engines: samples are grouped by the ``engine`` label (data-parallel vLLM >= 0.10 reports
 ``engine="0"``, ``engine="1"``...). A labelled engine's frame has
@@ -38,6 +43,7 @@ from dataclasses import dataclass, field
 from producers.adapters.common import AdapterOutput, FrameContext, SkippedLine
 from producers.adapters.engine_frames import EngineSnapshot, as_count, engine_frame
 from producers.adapters.prometheus_text import Exposition, parse
+from producers.adapters.step_timer import StepTimer
 
 _COUNTS = {
     "vllm:num_requests_running": "num_running",
@@ -49,6 +55,9 @@ _COUNTS = {
 # Later entries win: the V1 name is preferred when both are exported.
 _KV_NAMES = ("vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc")
 _CACHE_CONFIG = "vllm:cache_config_info"
+# Per-token latency histograms, later entries preferred (vLLM 0.11 renamed the per-token one
+# and gave the old name to a per-request TPOT histogram).
+_ITL_NAMES = ("vllm:time_per_output_token_seconds", "vllm:inter_token_latency_seconds")
 
 
 @dataclass
@@ -58,6 +67,8 @@ class VllmScrape:
     engines: dict[str, EngineSnapshot] = field(default_factory=dict)
     skipped: list[SkippedLine] = field(default_factory=list)
     exposition: Exposition = field(default_factory=Exposition)
+    # per engine: (sum_s, count) of the preferred per-token latency histogram present
+    token_latency: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
 
 def from_exposition(expo: Exposition) -> VllmScrape:
@@ -88,7 +99,19 @@ def from_exposition(expo: Exposition) -> VllmScrape:
     # unlabelled config is the server's, shared by its data-parallel engines.
     for engine, snap in scrape.engines.items():
         snap.kv_capacity_tokens = capacities.get(engine, capacities.get("", 0))
+        scrape.token_latency[engine] = _token_latency(expo, engine)
     return scrape
+
+
+def _token_latency(expo: Exposition, engine: str) -> tuple[float | None, float | None]:
+    """``(sum_s, count)`` of the engine's per-token latency histogram (first sample of each,
+    preferred name first); ``(None, None)`` when neither name is exported."""
+    for name in reversed(_ITL_NAMES):
+        labels = {"engine": engine} if engine else {}
+        total, count = expo.value(f"{name}_sum", **labels), expo.value(f"{name}_count", **labels)
+        if total is not None or count is not None:
+            return total, count
+    return None, None
 
 
 def _kv_capacity_tokens(labels: dict[str, str]) -> int:
@@ -105,8 +128,16 @@ def parse_vllm(text: str, strict: bool = False) -> VllmScrape:
     return from_exposition(parse(text, strict=strict, source="vllm /metrics"))
 
 
-def vllm_frames(text: str, ctx: FrameContext, ts_ns: int) -> AdapterOutput:
-    """EngineSampleFrames of one scrape taken at ``ts_ns``, engines in label order."""
+def vllm_frames(
+    text: str, ctx: FrameContext, ts_ns: int, timer: StepTimer | None = None
+) -> AdapterOutput:
+    """EngineSampleFrames of one scrape taken at ``ts_ns``, engines in label order. With the
+    ``timer`` of this source's earlier scrapes, ``step_duration_ns`` is filled in."""
     scrape = parse_vllm(text)
+    if timer is not None:
+        for engine, snap in scrape.engines.items():
+            total, count = scrape.token_latency[engine]
+            key = (ctx.deployment, ctx.replica, ctx.node, engine)
+            snap.step_duration_ns = timer.step_ns(key, total, count)
     frames = [engine_frame(scrape.engines[e], ctx, ts_ns) for e in sorted(scrape.engines)]
     return AdapterOutput(frames, scrape.skipped)

@@ -33,7 +33,7 @@ CAPTURE_SCHEMA: dict[str, Any] = {
         {
             "name": "event_time_ns",
             "type": "long",
-            "doc": "Event time of the message (end of its frame period), ns since epoch, true time.",
+            "doc": "Event time of the message (end of its frame period), ns since epoch.",
         },
         {
             "name": "value",

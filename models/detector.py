@@ -155,6 +155,8 @@ class Detector:
             self.stats.late_frames += 1
             self._late_events += _rows(record)
         self.watermarks.observe(stream, last_ns)
+        if frame_end_ns:
+            self.watermarks.observe_frame(stream, first_ns, frame_end_ns)
 
     # -- windows ----------------------------------------------------------------------
     def advance(self) -> list[Output]:

@@ -7,13 +7,26 @@ advanced stream is declared *silent*: it stops holding the watermark back (so a 
 freeze detection) and is reported once, so the detector can turn it into "source silent" and
 make the entities it covers *unknown*. A silent stream that speaks again is live again.
 
+A stream that reports in coarse steps (frames of 1 s) is up to one step behind the others
+between its frames without being silent, so its timeout is at least ``SILENCE_STEPS`` times
+its step: the median advance between its last ``STEP_MEMORY`` frame ends (a median, so one
+long gap, a source coming back after an outage, does not stretch it). With steps below half
+the idle timeout this changes nothing; with 1 s frames and a 1 s timeout it is what keeps
+every source from flapping silent between frames (and its frames from arriving behind a
+watermark that had stopped waiting for it).
+
 All of this is event time: replaying the same events gives the same watermarks.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+
+SILENCE_STEPS = 2
+STEP_MEMORY = 8
+MIN_STEP_NS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -35,12 +48,39 @@ class WatermarkTracker:
     _latest_ns: dict[Hashable, int] = field(default_factory=dict)
     _silent: set[Hashable] = field(default_factory=set)
     _watermark_ns: int = -(2**63)
+    # each stream's last frame end and the advances between its latest frame ends (ns)
+    _frame_end_ns: dict[Hashable, int] = field(default_factory=dict)
+    _steps_ns: dict[Hashable, deque[int]] = field(default_factory=dict)
 
     def observe(self, stream: Hashable, event_ns: int) -> bool:
         """Record an event time; returns False when it is already behind the watermark (late)."""
         if event_ns > self._latest_ns.get(stream, -(2**63)):
             self._latest_ns[stream] = event_ns
         return event_ns >= self._watermark_ns
+
+    def observe_frame(self, stream: Hashable, first_ns: int, frame_end_ns: int) -> None:
+        """Record how far a frame of ``stream`` reports (its first row at ``first_ns``), for
+        the stream's step. Frames of one step (a node's NIC ports, clocks a few ns apart)
+        advance it by less than ``MIN_STEP_NS``: not a step. A stream's first frame counts its
+        own span."""
+        last_end = self._frame_end_ns.get(stream)
+        if last_end is not None and frame_end_ns <= last_end:
+            return
+        self._frame_end_ns[stream] = frame_end_ns
+        step_ns = frame_end_ns - (first_ns if last_end is None else last_end)
+        if step_ns >= MIN_STEP_NS:
+            steps = self._steps_ns.get(stream)
+            if steps is None:
+                steps = self._steps_ns[stream] = deque(maxlen=STEP_MEMORY)
+            steps.append(step_ns)
+
+    def timeout_ns(self, stream: Hashable) -> int:
+        """How far ``stream`` may fall behind the most advanced stream before it is silent."""
+        steps = self._steps_ns.get(stream)
+        if not steps:
+            return self.idle_timeout_ns
+        median_step = sorted(steps)[len(steps) // 2]
+        return max(self.idle_timeout_ns, SILENCE_STEPS * median_step)
 
     def advance(self) -> tuple[int, list[SilenceChange]]:
         """Recompute the watermark; return it with the streams that went silent or came back.
@@ -53,13 +93,14 @@ class WatermarkTracker:
         oldest_ns = min(self._latest_ns.values())
         if not self._silent and frontier_ns - oldest_ns <= self.idle_timeout_ns:
             # Every stream live before and after (the usual case): what the loop below
-            # would find, without a step per stream.
+            # would find (no stream's timeout is below idle_timeout_ns), without a step per
+            # stream.
             self._watermark_ns = max(self._watermark_ns, oldest_ns - self.allowed_lateness_ns)
             return self._watermark_ns, []
         changes: list[SilenceChange] = []
         live: list[int] = []
         for stream, latest_ns in self._latest_ns.items():
-            is_silent = frontier_ns - latest_ns > self.idle_timeout_ns
+            is_silent = frontier_ns - latest_ns > self.timeout_ns(stream)
             if is_silent != (stream in self._silent):
                 if is_silent:
                     self._silent.add(stream)
@@ -87,6 +128,8 @@ class WatermarkTracker:
         """Drop a stream (its entity left the topology)."""
         self._latest_ns.pop(stream, None)
         self._silent.discard(stream)
+        self._steps_ns.pop(stream, None)
+        self._frame_end_ns.pop(stream, None)
 
     def snapshot(self) -> dict[str, object]:
         """State for a checkpoint (streams as lists so it serializes)."""
@@ -94,6 +137,8 @@ class WatermarkTracker:
             "watermark_ns": self._watermark_ns,
             "latest": [[list(_as_tuple(s)), t] for s, t in self._latest_ns.items()],
             "silent": [list(_as_tuple(s)) for s in self._silent],
+            "frame_ends": [[list(_as_tuple(s)), t] for s, t in self._frame_end_ns.items()],
+            "steps": [[list(_as_tuple(s)), list(d)] for s, d in self._steps_ns.items()],
         }
 
     @classmethod
@@ -105,6 +150,11 @@ class WatermarkTracker:
         for stream, ts in state["latest"]:  # type: ignore[attr-defined]
             tracker._latest_ns[tuple(stream)] = int(ts)
         tracker._silent = {tuple(s) for s in state["silent"]}  # type: ignore[attr-defined]
+        # (checkpoints written before the steps were kept have none: learnt again)
+        for stream, ts in state.get("frame_ends", []):  # type: ignore[attr-defined]
+            tracker._frame_end_ns[tuple(stream)] = int(ts)
+        for stream, steps in state.get("steps", []):  # type: ignore[attr-defined]
+            tracker._steps_ns[tuple(stream)] = deque((int(x) for x in steps), maxlen=STEP_MEMORY)
         return tracker
 
 

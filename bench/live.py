@@ -116,19 +116,19 @@ def generate(
     ``[(period_end_ns, samples, [(topic, key, value), ...]), ...]``."""
     sim = Simulation(scaled_scenario("bench-large", scale), seed=seed, topics=settings.topics)
     codec = AvroCodec()
-    chunks: list[Any] = []
+    periods: list[Any] = []
     current_end, samples, frames = None, 0, []
     for frame in sim.frames(sim_seconds):
         end = frame.event_time_ns
         if current_end is not None and end != current_end:
-            chunks.append((current_end, samples, frames))
+            periods.append((current_end, samples, frames))
             samples, frames = 0, []
         current_end = end
         samples += samples_of(frame.record)
         frames.append((frame.topic, frame.key, codec.encode(frame.schema, frame.record)))
     if frames:
-        chunks.append((current_end, samples, frames))
-    return sim, chunks
+        periods.append((current_end, samples, frames))
+    return sim, periods
 
 
 class LagSampler(threading.Thread):
@@ -201,7 +201,7 @@ def measure(
     redis_url = bench_redis_url(settings)
     key_prefix = f"bench:{uuid.uuid4().hex[:8]}:"
     env = _env(settings, redis_url, key_prefix)
-    sim, chunks = generate(settings, scale, seconds + warmup_s)
+    sim, periods = generate(settings, scale, seconds + warmup_s)
     producer = EventProducer(settings)
     for rec in sim.topology:
         producer.send(settings.topics.topology, f"{rec['deployment']}/rank{rec['rank']}",
@@ -235,16 +235,16 @@ def measure(
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not come up; see {logs / 'live-worker.log'}")
             time.sleep(0.5)
-        if any(not topic.startswith(prefix) for _, _, frames in chunks for topic, _, _ in frames):
+        if any(not topic.startswith(prefix) for _, _, frames in periods for topic, _, _ in frames):
             raise RuntimeError("generated frames outside the benchmark's topic prefix")
-        chunk_ends: list[int] = []
-        chunk_sent_ns: list[int] = []
+        period_ends: list[int] = []
+        period_sent_ns: list[int] = []
         offered = 0
         lag.start()
         cpu0 = proc_cpu_seconds(worker.pid)
         began = time.perf_counter()
         lag.sending.set()
-        for end_ns, samples, frames in chunks:
+        for end_ns, samples, frames in periods:
             delay = began + offered / rate_per_s - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
@@ -252,14 +252,14 @@ def measure(
                 producer.send_raw(topic, key, value)
             offered += samples
             producer._producer.poll(0)
-            chunk_ends.append(end_ns)
-            chunk_sent_ns.append(time.time_ns())
+            period_ends.append(end_ns)
+            period_sent_ns.append(time.time_ns())
             sent["event_ns"] = end_ns
         send_s = time.perf_counter() - began
         lag.sending.clear()
         worker_cpu_s = proc_cpu_seconds(worker.pid) - cpu0
         producer.flush(60)
-        last_end = chunk_ends[-1] - DetectorConfig().allowed_lateness_ns - 1_000_000_000
+        last_end = period_ends[-1] - DetectorConfig().allowed_lateness_ns - 1_000_000_000
         wait_until = time.monotonic() + 30
         while time.monotonic() < wait_until and not any(v >= last_end for _, v, _ in seen):
             time.sleep(0.2)
@@ -277,16 +277,16 @@ def measure(
                 redis.delete(*stale)
         drop_topics(settings)
     lateness = DetectorConfig().allowed_lateness_ns
-    start_ns = chunk_ends[0] + round(warmup_s * 1e9)
+    start_ns = period_ends[0] + round(warmup_s * 1e9)
     latencies_ms = []
     per_deployment: dict[str, int] = defaultdict(int)
     for deployment, window_end_ns, visible_ns in seen:
         if window_end_ns < start_ns:
             continue
-        i = bisect.bisect_left(chunk_ends, window_end_ns + lateness)
-        if i >= len(chunk_ends):
+        i = bisect.bisect_left(period_ends, window_end_ns + lateness)
+        if i >= len(period_ends):
             continue
-        latencies_ms.append((visible_ns - chunk_sent_ns[i]) / 1e6)
+        latencies_ms.append((visible_ns - period_sent_ns[i]) / 1e6)
         per_deployment[deployment] += 1
     lags = [s["lag_messages"] for s in lag.samples if s["sending"]]
     arr = np.asarray(latencies_ms) if latencies_ms else np.asarray([float("nan")])

@@ -92,8 +92,8 @@ def _timed(adapter: Callable[[str, FrameContext, int, StepTimer], AdapterOutput]
     return convert
 
 
-def _stateless(converter: Converter) -> Callable[[], Converter]:
-    return lambda: converter
+def _stateless(convert: Converter) -> Callable[[], Converter]:
+    return lambda: convert
 
 
 # name -> a factory of converters (each Scraper gets its own: engine converters keep state)

@@ -33,44 +33,44 @@ class PeriodStepper:
     def __init__(self, sim: Simulation, duration_s: float) -> None:
         self.sim = sim
         self._frames: Iterator[SimFrame] = sim.frames(duration_s=duration_s)
-        self._per_chunk: int | None = None
+        self._per_period: int | None = None
         self._ahead: SimFrame | None = None
         self._done = False
 
     def next_period(self) -> list[SimFrame] | None:
         if self._done:
             return None
-        if self._per_chunk is None:
-            return self._first_chunk()
-        chunk = [self._ahead] if self._ahead is not None else []
+        if self._per_period is None:
+            return self._first_period()
+        period = [self._ahead] if self._ahead is not None else []
         self._ahead = None
-        while len(chunk) < self._per_chunk:
+        while len(period) < self._per_period:
             frame = next(self._frames, None)
             if frame is None:
                 break
-            chunk.append(frame)
-        if not chunk:
+            period.append(frame)
+        if not period:
             self._done = True
             return None
-        ends = {f.event_time_ns for f in chunk}
-        if len(chunk) != self._per_chunk or len(ends) != 1:
+        ends = {f.event_time_ns for f in period}
+        if len(period) != self._per_period or len(ends) != 1:
             raise RuntimeError(
-                f"simulator period at {sorted(ends)} had {len(chunk)} frames over {len(ends)} "
-                f"period ends; expected {self._per_chunk} frames of one period (every source "
+                f"simulator period at {sorted(ends)} had {len(period)} frames over {len(ends)} "
+                f"period ends; expected {self._per_period} frames of one period (every source "
                 "emits one frame per period): the stepper cannot find period boundaries"
             )
-        return chunk
+        return period
 
-    def _first_chunk(self) -> list[SimFrame] | None:
+    def _first_period(self) -> list[SimFrame] | None:
         first = next(self._frames, None)
         if first is None:
             self._done = True
             return None
-        chunk = [first]
+        period = [first]
         for frame in self._frames:
             if frame.event_time_ns != first.event_time_ns:
                 self._ahead = frame
                 break
-            chunk.append(frame)
-        self._per_chunk = len(chunk)
-        return chunk
+            period.append(frame)
+        self._per_period = len(period)
+        return period

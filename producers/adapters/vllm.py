@@ -106,8 +106,8 @@ def from_exposition(expo: Exposition) -> VllmScrape:
 def _token_latency(expo: Exposition, engine: str) -> tuple[float | None, float | None]:
     """``(sum_s, count)`` of the engine's per-token latency histogram (first sample of each,
     preferred name first); ``(None, None)`` when neither name is exported."""
+    labels = {"engine": engine} if engine else {}
     for name in reversed(_ITL_NAMES):
-        labels = {"engine": engine} if engine else {}
         total, count = expo.value(f"{name}_sum", **labels), expo.value(f"{name}_count", **labels)
         if total is not None or count is not None:
             return total, count

@@ -69,9 +69,8 @@ class Simulation:
         self._undo: dict[int, Undo] = {}
         self._open: dict[int, dict[str, Any]] = {}
         self.now_ns = self.start_ns
-        # the true state of the latest chunk, and of each chunk of the period whose frames
-        # are being yielded (for measurements; never emitted)
-        self.last_truth: ChunkTruth | None = None
+        # the true state of each chunk of the period whose frames are being yielded (for
+        # measurements; never emitted)
         self.period_truths: list[ChunkTruth] = []
         self._topology = self.world.layout.topology_records(self.start_ns)
 
@@ -157,7 +156,6 @@ class Simulation:
             self._load.tick(self._engine_state())
         self.now_ns = t0 + CHUNK_NS
         truth = self._truth(t0, clock_factor, throttle, gen)
-        self.last_truth = truth
         self._load.observe(self.now_ns)
         return truth
 

@@ -175,16 +175,20 @@ class Detector:
         return outputs
 
     def flush(self) -> list[Output]:
-        """Close every window that has data (end of a replay or capture)."""
-        latest = [self.watermarks.latest_ns(s) for s in list(self.watermarks._latest_ns)]
-        if not latest:
+        """Close the windows the data reaches (end of a replay or capture): up to the one whose
+        last pane holds the newest event. A window ending later would cover time no source
+        reported on, read as if every source fell quiet (requests still waiting aged into it,
+        rates and counts cut short), and a simulator's truth does not judge it either."""
+        newest_ns = self.watermarks.newest_ns()
+        oldest_ns = self.watermarks.oldest_latest_ns()
+        if newest_ns is None or oldest_ns is None:
             return []
-        end_ns = max(t for t in latest if t is not None) + self.config.window.size_ns
-        outputs = []
         spec = self.config.window
+        end_ns = newest_ns + spec.hop_ns
+        outputs = []
         start = self._last_closed_pane if self._last_closed_pane is not None else -1
         if start < 0:
-            start = min(t for t in latest if t is not None) // spec.hop_ns
+            start = oldest_ns // spec.hop_ns
         for last_pane in spec.closable_panes(start, end_ns):
             outputs += self._close_window(last_pane)
             self._last_closed_pane = last_pane
@@ -216,6 +220,10 @@ class Detector:
                 values["prompt_tokens_max_long"] = long["prompt_tokens_max"]
             slo_ns = self.config.slo_ttft_ns
             values["ttft_p99_s"] = self.requests.ttft_p99_s(deployment, panes, slo_ns)
+            values["waiting_mean"] = self.requests.waiting_mean(deployment, panes)
+            need = self.requests.waiting_need_tokens_max(deployment, end_ns)
+            if need:
+                values["waiting_need_tokens_max"] = float(need)
             earlier = range(panes.start - len(panes), panes.start)
             # the SLO breached in this window and the one before it (a sustained breach, as
             # the SLO's harm is labelled): one slow request is in four hopping windows

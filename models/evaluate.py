@@ -11,6 +11,12 @@ look-alikes (whose verdicts are false positives); ``recall_by_severity`` comes f
 episodes, the severity sweep included. ``clean`` runs the Azure trace scenarios with no fault
 and counts false verdict episodes per node-hour; ``clean_segments`` (``--clean-segments N``)
 does the same on N stretches spread over each whole trace (models/clean_segments.py).
+
+An episode is scored over its duration, but the simulator and the detector run
+``EDGE_TAIL_S`` longer: a label that opens just before the end is then judged on the windows
+that would have followed it live (it is scored; a verdict starting in the tail may answer it),
+and the truth's labels and the detector's verdicts that begin in the tail are not scored
+(the truth would have needed the same later windows to decide them).
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ from models.clean_segments import clean_episode
 from models.clean_segments import clean_segments as segments_of
 from models.detector import Detector, DetectorConfig
 from models.runbook import Runbook, load_runbook
-from models.scoring import clean_summary, confusion, episodes, match_labels, score
+from models.scoring import GRACE_NS, clean_summary, confusion, episodes, match_labels, score
 from models.utilization import Utilization
 from schemas.columns import unpack
 
 EPISODE_SLOT_NS = 10**13  # 10,000 s of event time between episodes once scored together
+EDGE_TAIL_S = GRACE_NS / 1e9  # simulated past an episode's end (see the module docstring)
 SOURCE_SCHEMAS = {
     "engine": ("EngineRequestFrame", "EngineSampleFrame"),
     "nccl": ("CollectiveFrame",),
@@ -75,13 +82,17 @@ def run_episode(args: tuple[Any, frozenset[str], str, int]) -> EpisodeResult:
     busy = Utilization(
         {d.name: 1e6 / d.model.prefill_us_per_token for d in episode.scenario.deployments}
     )
-    for frame in sim.frames(duration_s=episode.duration_s):
-        if frame.schema == "EngineSampleFrame":
+    horizon_ns = sim.world.start_ns + round(episode.duration_s * 1e9)
+    for frame in sim.frames(duration_s=episode.duration_s + EDGE_TAIL_S):
+        if frame.schema == "EngineSampleFrame" and frame.event_time_ns <= horizon_ns:
             busy.add(frame.record["deployment"], unpack(frame.schema, frame.record))
         if frame.schema in skip:
             continue
         verdicts += [o.record for o in det.process(frame.schema, frame.record)]
     verdicts += [o.record for o in det.flush()]
+    scored = [x for x in sim.labels if x["onset_ns"] < horizon_ns]
+    verdicts = [v for v in verdicts if v["condition"] != "heartbeat"]
+    verdicts = [v for v in verdicts if v["first_seen_ns"] < horizon_ns or _answers(v, scored)]
     prefix = episode.episode_id + "|"
     offset_ns = index * EPISODE_SLOT_NS
     return EpisodeResult(
@@ -90,15 +101,26 @@ def run_episode(args: tuple[Any, frozenset[str], str, int]) -> EpisodeResult:
         reference=episode.reference,
         lookalike=episode.lookalike,
         severity=episode.severity,
-        labels=[_isolated(x, prefix, offset_ns) for x in sim.labels],
-        verdicts=[
-            _isolated(v, prefix, offset_ns) for v in verdicts if v["condition"] != "heartbeat"
-        ],
+        labels=[_isolated(x, prefix, offset_ns) for x in scored],
+        verdicts=[_isolated(v, prefix, offset_ns) for v in verdicts],
         samples=det.stats.samples,
         sim_s=episode.duration_s,
         wall_s=time.perf_counter() - started,
         node_count=len(det.topology.nodes()),
         utilization=busy.summary(),
+    )
+
+
+def _answers(verdict: dict[str, Any], labels: list[dict[str, Any]]) -> bool:
+    """Whether a verdict that began in the edge tail answers one of the scored labels (its
+    entity and condition, within the scoring grace of the label's span)."""
+    start = verdict["first_seen_ns"]
+    return any(
+        x["entity"] == verdict["entity"]
+        and x["condition"] == verdict["condition"]
+        and x["onset_ns"] - GRACE_NS <= start
+        and (x.get("end_ns") is None or start <= x["end_ns"] + GRACE_NS)
+        for x in labels
     )
 
 

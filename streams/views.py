@@ -358,9 +358,15 @@ def _add_kv_admission_blocked(features: dict[str, float]) -> None:
     left at the head is the one that does not fit; short ones got in): when the free room
     is less than that prompt, the share of such samples is the blocked share. Without the
     capacity, the share of those samples with the cache at least 90 % full stands in (it
-    misses a cache cut so small that 80 % use already blocks a long prompt)."""
+    misses a cache cut so small that 80 % use already blocks a long prompt). A request
+    waiting now counts too (``requests.waiting_need_tokens_max``): one that arrived over 10 s
+    ago, or one preempted back into the queue, which needs room for the tokens it had
+    generated as well."""
     headroom = features.get("engine.kv_headroom_tokens_queued")
-    longest = features.get("requests.prompt_tokens_max_long")
+    longest = max(
+        features.get("requests.prompt_tokens_max_long", 0.0),
+        features.get("requests.waiting_need_tokens_max", 0.0),
+    )
     queued = features.get("engine.queued_with_free_slots_share")
     if headroom is not None and longest and queued is not None:
         ratio = headroom / longest
@@ -439,7 +445,7 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
                 any(
                     p["engine.batch_fill_ratio"] < 0.7
                     and p.get("engine.kv_cache_usage_ratio", 0.0) < 0.7
-                    and p.get("engine.num_waiting", 0.0) < 1
+                    and p.get("requests.waiting_mean", p.get("engine.num_waiting", 0.0)) < 1
                     for p in peers
                 )
             )

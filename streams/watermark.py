@@ -124,6 +124,14 @@ class WatermarkTracker:
     def latest_ns(self, stream: Hashable) -> int | None:
         return self._latest_ns.get(stream)
 
+    def newest_ns(self) -> int | None:
+        """The newest event time of any stream (None before the first)."""
+        return max(self._latest_ns.values(), default=None)
+
+    def oldest_latest_ns(self) -> int | None:
+        """The least of the streams' newest event times (None before the first)."""
+        return min(self._latest_ns.values(), default=None)
+
     def forget(self, stream: Hashable) -> None:
         """Drop a stream (its entity left the topology)."""
         self._latest_ns.pop(stream, None)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from models.detector import Detector, Output
+from models.detector import Detector, DetectorConfig, Output
 from tests.synthetic import collective_frames, topology
 
 
@@ -72,3 +72,18 @@ def test_replay_gives_identical_verdicts(seed: int) -> None:
     _, first = run(frames)
     _, second = run(frames)
     assert [o.record for o in first] == [o.record for o in second]
+
+
+def test_flush_closes_no_window_past_the_newest_event() -> None:
+    """A flushed window ending after the data would cover time no source reported on."""
+    det = Detector(config=DetectorConfig(emit_features=True))
+    for record in topology():
+        det.process("TopologyRecord", record)
+    for schema, record in collective_frames({}, seconds=4):
+        det.process(schema, record)
+    newest_ns = det.watermarks.newest_ns()
+    assert newest_ns is not None
+    flushed = [o.record for o in det.flush() if o.schema == "FeatureWindow"]
+    hop_ns = det.config.window.hop_ns
+    assert flushed, "the flush closed the windows still open"
+    assert max(r["window_end_ns"] for r in flushed) == (newest_ns // hop_ns + 1) * hop_ns

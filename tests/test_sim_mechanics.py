@@ -347,3 +347,32 @@ def test_faults_module_cannot_reach_telemetry() -> None:
         )
     )
     assert not touching, f"faults.py references {touching}"
+
+
+def test_load_truth_reads_each_engine_as_it_is_at_the_tick_end() -> None:
+    """The load labeller's state at a tick is the engine's state then, not at the end of the
+    step in progress (up to a long prefill step later): only requests ready by the tick wait,
+    and the step's sequences hold their slots until it ends."""
+    sim = Simulation(_early("request-length-skew", onset_s=0.5), seed=1)
+    seen: list[tuple[int, np.ndarray]] = []
+    tick = sim._load.tick
+
+    def record(state: np.ndarray) -> None:
+        seen.append((sim.world.now_ns, state.copy()))
+        tick(state)
+
+    sim._load.tick = record  # type: ignore[method-assign]
+    for _ in sim.frames(duration_s=8.0):
+        pass
+    engines = sim.world.engines
+    assert all(e.preemptions_total == 0 for e in engines)  # waiting below is ready..scheduled
+    queued_ticks = 0
+    for r, e in enumerate(engines):
+        ready = np.array(e.req_ready)
+        scheduled = np.array(e.req_scheduled)
+        scheduled = np.where(scheduled < 0, np.iinfo(np.int64).max, scheduled)
+        for t_ns, state in seen:
+            waiting = int(np.count_nonzero((ready <= t_ns) & (scheduled > t_ns)))
+            assert state[r, 2] == waiting, (e.name, t_ns)
+            queued_ticks += waiting > 0
+    assert queued_ticks > 50  # requests did queue behind long steps

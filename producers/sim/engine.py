@@ -58,6 +58,7 @@ class Engine:
         self.req_out_done: list[int] = []  # tokens generated before a preemption
         self.req_conn: list[int] = []
         self.req_arrival: list[int] = []
+        self.req_ready: list[int] = []
         self.req_first_token: list[int] = []
         self.req_scheduled: list[int] = []
         # logs
@@ -71,6 +72,10 @@ class Engine:
         self.busy_since: int | None = None
         self.stalled = False
         self.kv_blocked = False  # last admission stopped for lack of KV blocks (true state)
+        # the step in progress as it started (after admission): start, running, KV blocks used
+        self.step_start_ns = -1
+        self.step_start_running = 0
+        self.step_start_used_blocks = 0
 
     # -- requests in ----------------------------------------------------------------------
     def submit(
@@ -89,6 +94,7 @@ class Engine:
         self.req_out_done += [0] * n
         self.req_conn += conn.tolist()
         self.req_arrival += arrival_ns.tolist()
+        self.req_ready += ready_ns.tolist()
         self.req_first_token += [-1] * n
         self.req_scheduled += [-1] * n
         for i in range(n):
@@ -134,6 +140,24 @@ class Engine:
         self.stalled = False
         self.busy_since = None
         self.t_ns = max(self.t_ns, ready_ns)
+        self.step_start_ns, self.step_start_running, self.step_start_used_blocks = at_ns, 0, 0
+
+    def state_at(self, t_ns: int) -> tuple[int, int, int]:
+        """(running, KV blocks used, waiting) as they are at ``t_ns``, after ``run_until(t)``
+        for a t past ``t_ns``: the step in progress at ``t_ns`` has not finished there (its
+        sequences still hold their slots and the blocks of the tokens it computes, none freed
+        yet) and only the requests ready by ``t_ns`` wait. After ``run_until`` the engine
+        itself stands at the end of that step, which is later."""
+        waiting = len(self.waiting)
+        ready = self.req_ready
+        # released in ready order (preempted requests go back to the head): the latest last
+        for req in reversed(self.waiting):
+            if ready[req] <= t_ns:
+                break
+            waiting -= 1
+        if self.step_start_ns <= t_ns < self.t_ns:
+            return self.step_start_running, self.step_start_used_blocks, waiting
+        return self.n_running(), self.kv_capacity_blocks - self._free_blocks(), waiting
 
     def n_running(self) -> int:
         """Sequences holding a batch slot."""
@@ -214,6 +238,12 @@ class Engine:
         new_tokens = decoding.astype(np.int64)
         new_tokens[prefilling] = take
         active = self._preempt_until_fits(new_tokens, t0)
+        # while it runs the step holds its sequences' slots and the KV blocks of the tokens it
+        # computes (allocated when it is scheduled, as vLLM's V1 scheduler does)
+        self.step_start_ns = t0
+        self.step_start_running = int(np.count_nonzero(active))
+        held = self.slot_kv[active] + new_tokens[active]
+        self.step_start_used_blocks = int((-(-held // self.block_tokens)).sum())
         decoding &= active
         n_decode = int(decoding.sum())
         prefill_tokens = int(new_tokens[active & ~decoding].sum())

@@ -9,7 +9,10 @@ Two kinds:
   states of load, labelled from the simulator's TRUE state, never from an injection: a
   replica is harmed in a 1 s window when its p99 TTFT (requests whose first token came in the
   window, plus requests still waiting longer than the SLO) exceeds ``workload.slo_ttft_ms``
-  while a peer replica has spare capacity (mean batch occupancy < 0.7, KV < 0.7, queue < 1).
+  while a peer replica has spare capacity (mean batch occupancy < 0.7, KV < 0.7, queue < 1;
+  means over the window's 10 ms ticks of each engine's state at the tick's end, as
+  ``Engine.state_at`` gives it: the step in progress still holds its slots, and only requests
+  ready by then wait).
   The condition is read from the same true state (shares over the last 10 s), first match
   wins: request share > 1.3 x capacity share -> ingress-imbalance; prompt tokens per request
   > 1.25 x the fleet's -> request-length-skew; admission blocked by a full KV cache (free

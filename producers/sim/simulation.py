@@ -160,15 +160,18 @@ class Simulation:
         return truth
 
     def _engine_state(self) -> np.ndarray:
-        rows = [
-            (
-                e.n_running() / e.max_num_seqs,
-                1.0 - e._free_blocks() / e.kv_capacity_blocks,
-                len(e.waiting),
-                float(e.kv_blocked and bool(e.waiting)),
+        """Each engine's true state at this tick's end (``Engine.state_at``)."""
+        rows = []
+        for e in self.world.engines:
+            running, used_blocks, waiting = e.state_at(self.world.now_ns)
+            rows.append(
+                (
+                    running / e.max_num_seqs,
+                    used_blocks / e.kv_capacity_blocks,
+                    waiting,
+                    float(e.kv_blocked and waiting > 0),
+                )
             )
-            for e in self.world.engines
-        ]
         return np.array(rows, dtype=np.float64).reshape(len(self.world.engines), 4)
 
     def _truth(

@@ -31,6 +31,8 @@ class OpenRequest:
     prompt_tokens: int = 0
     preemptions: int = 0
     last_event_ns: int = 0
+    requeued_ns: int = -1  # preempted back into the queue at (-1: not waiting again)
+    requeued_tokens: int = 0  # tokens it generated before that preemption (recomputed)
 
 
 @dataclass
@@ -92,6 +94,14 @@ class RequestExtractor(Extractor):
         # (arrival, first token) of each first token, by pane and deployment: the TTFT SLO is
         # a percentile, which the pane store's sums and extremes cannot give
         self.first_tokens_by_pane: dict[int, dict[str, list[tuple[int, int]]]] = {}
+        # (entered the queue, scheduled) of each admission, by pane of the admission and
+        # deployment: how many requests waited, averaged over a window
+        self.admissions_by_pane: dict[int, dict[str, list[tuple[int, int]]]] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore from a checkpoint; one written before the admissions were kept has none."""
+        state.setdefault("admissions_by_pane", {})
+        self.__dict__.update(state)
 
     def ingest(self, record: dict[str, Any], cols: dict[str, np.ndarray]) -> tuple[int, int]:
         ts_all = cols["ts_ns"]
@@ -142,6 +152,11 @@ class RequestExtractor(Extractor):
             )
         req.last_event_ns = ts
         table.move_to_end(request_id)
+        if kind == SCHEDULED and (req.scheduled_ns < 0 or req.requeued_ns >= 0):
+            queued_ns = req.arrived_ns if req.scheduled_ns < 0 else req.requeued_ns
+            by_deployment = self.admissions_by_pane.setdefault(pane, {})
+            by_deployment.setdefault(deployment, []).append((queued_ns, ts))
+            req.requeued_ns = -1
         if kind == SCHEDULED and req.scheduled_ns < 0:
             req.scheduled_ns = ts
             self.store.add_one(
@@ -189,6 +204,8 @@ class RequestExtractor(Extractor):
                 )
         elif kind == PREEMPTED:
             req.preemptions += 1
+            req.requeued_ns = ts
+            req.requeued_tokens = out
             self.store.add_one(pane, deployment, {"request_preemptions": 1.0})
         elif kind in (FINISHED, ABORTED):
             if kind == FINISHED and req.first_token_ns >= 0 and ts > req.first_token_ns and out > 1:
@@ -214,6 +231,41 @@ class RequestExtractor(Extractor):
         share window, the p99 needs only two windows."""
         for old in [p for p in self.first_tokens_by_pane if p < pane]:
             del self.first_tokens_by_pane[old]
+        for old in [p for p in self.admissions_by_pane if p < pane]:
+            del self.admissions_by_pane[old]
+
+    def waiting_need_tokens_max(self, deployment: str, end_ns: int) -> int:
+        """The most KV tokens a request waiting at ``end_ns`` needs to be admitted: its prompt,
+        or for one preempted back into the queue its prompt and the tokens it had generated
+        (recomputed on readmission); 0 with none waiting."""
+        need = 0
+        for req in self.open.get(deployment, {}).values():
+            if req.scheduled_ns < 0 and 0 <= req.arrived_ns < end_ns:
+                need = max(need, req.prompt_tokens)
+            elif 0 <= req.requeued_ns < end_ns:
+                need = max(need, req.prompt_tokens + req.requeued_tokens)
+        return need
+
+    def waiting_mean(self, deployment: str, panes: range) -> float:
+        """Requests waiting to be scheduled (arrived, or preempted back into the queue, and
+        not yet admitted), averaged over the window of ``panes``: the time-weighted mean that
+        the engine's own gauge cannot give, as the gauge moves only at step boundaries and a
+        queue that builds during a long prefill step and clears at the next admission never
+        shows in it. Counted from the request's arrival, so time in pre-processing counts as
+        waiting."""
+        start_ns = panes.start * self.spec.hop_ns
+        end_ns = panes.stop * self.spec.hop_ns
+        waited_ns = 0
+        for pane, by_deployment in self.admissions_by_pane.items():
+            if pane < panes.start:
+                continue
+            for queued, scheduled in by_deployment.get(deployment, ()):
+                waited_ns += max(0, min(scheduled, end_ns) - max(queued, start_ns))
+        for req in self.open.get(deployment, {}).values():
+            queued = req.arrived_ns if req.scheduled_ns < 0 else req.requeued_ns
+            if 0 <= queued < end_ns:
+                waited_ns += end_ns - max(queued, start_ns)
+        return waited_ns / (end_ns - start_ns)
 
     def ttft_p99_s(self, deployment: str, panes: range, slo_ns: int) -> float:
         """The TTFT SLO's statistic over the window of ``panes``, as an SLO monitor takes it

@@ -35,7 +35,15 @@ from models.clean_segments import clean_episode
 from models.clean_segments import clean_segments as segments_of
 from models.detector import Detector, DetectorConfig
 from models.runbook import Runbook, load_runbook
-from models.scoring import GRACE_NS, clean_summary, confusion, episodes, match_labels, score
+from models.scoring import (
+    GRACE_NS,
+    answers,
+    clean_summary,
+    confusion,
+    episodes,
+    match_labels,
+    score,
+)
 from models.utilization import Utilization
 from schemas.columns import unpack
 
@@ -92,7 +100,13 @@ def run_episode(args: tuple[Any, frozenset[str], str, int]) -> EpisodeResult:
     verdicts += [o.record for o in det.flush()]
     scored = [x for x in sim.labels if x["onset_ns"] < horizon_ns]
     verdicts = [v for v in verdicts if v["condition"] != "heartbeat"]
-    verdicts = [v for v in verdicts if v["first_seen_ns"] < horizon_ns or _answers(v, scored)]
+    # a verdict that began in the tail counts only where it answers a scored label
+    verdicts = [
+        v
+        for v in verdicts
+        if v["first_seen_ns"] < horizon_ns
+        or answers(v["entity"], v["condition"], v["first_seen_ns"], scored, GRACE_NS)
+    ]
     prefix = episode.episode_id + "|"
     offset_ns = index * EPISODE_SLOT_NS
     return EpisodeResult(
@@ -108,19 +122,6 @@ def run_episode(args: tuple[Any, frozenset[str], str, int]) -> EpisodeResult:
         wall_s=time.perf_counter() - started,
         node_count=len(det.topology.nodes()),
         utilization=busy.summary(),
-    )
-
-
-def _answers(verdict: dict[str, Any], labels: list[dict[str, Any]]) -> bool:
-    """Whether a verdict that began in the edge tail answers one of the scored labels (its
-    entity and condition, within the scoring grace of the label's span)."""
-    start = verdict["first_seen_ns"]
-    return any(
-        x["entity"] == verdict["entity"]
-        and x["condition"] == verdict["condition"]
-        and x["onset_ns"] - GRACE_NS <= start
-        and (x.get("end_ns") is None or start <= x["end_ns"] + GRACE_NS)
-        for x in labels
     )
 
 

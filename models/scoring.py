@@ -155,11 +155,19 @@ def _in_detection_window(label: dict[str, Any], t_ns: int, grace_ns: float) -> b
 
 def is_true_positive(ep: Episode, labels: Iterable[dict[str, Any]], grace_ns: float) -> bool:
     """True when the episode starts near a (non look-alike) label of its condition and entity."""
+    return answers(ep.entity, ep.condition, ep.start_ns, labels, grace_ns)
+
+
+def answers(
+    entity: str, condition: str, start_ns: int, labels: Iterable[dict[str, Any]], grace_ns: float
+) -> bool:
+    """True when a verdict of ``entity`` and ``condition`` first seen at ``start_ns`` starts
+    near a (non look-alike) label of its condition and entity."""
     return any(
         not is_lookalike(label)
-        and label["condition"] == ep.condition
-        and label["entity"] == ep.entity
-        and label["onset_ns"] - grace_ns <= ep.start_ns <= _label_end(label) + grace_ns
+        and label["condition"] == condition
+        and label["entity"] == entity
+        and label["onset_ns"] - grace_ns <= start_ns <= _label_end(label) + grace_ns
         for label in labels
     )
 

@@ -34,6 +34,12 @@ class OpenRequest:
     requeued_ns: int = -1  # preempted back into the queue at (-1: not waiting again)
     requeued_tokens: int = 0  # tokens it generated before that preemption (recomputed)
 
+    @property
+    def queued_ns(self) -> int:
+        """When it entered the queue it waits in now: its arrival until it is first scheduled,
+        then its latest preemption until it is scheduled again; -1 when it is not waiting."""
+        return self.arrived_ns if self.scheduled_ns < 0 else self.requeued_ns
+
 
 @dataclass
 class JoinedRequest:
@@ -152,10 +158,9 @@ class RequestExtractor(Extractor):
             )
         req.last_event_ns = ts
         table.move_to_end(request_id)
-        if kind == SCHEDULED and (req.scheduled_ns < 0 or req.requeued_ns >= 0):
-            queued_ns = req.arrived_ns if req.scheduled_ns < 0 else req.requeued_ns
+        if kind == SCHEDULED and req.queued_ns >= 0:
             by_deployment = self.admissions_by_pane.setdefault(pane, {})
-            by_deployment.setdefault(deployment, []).append((queued_ns, ts))
+            by_deployment.setdefault(deployment, []).append((req.queued_ns, ts))
             req.requeued_ns = -1
         if kind == SCHEDULED and req.scheduled_ns < 0:
             req.scheduled_ns = ts
@@ -240,9 +245,7 @@ class RequestExtractor(Extractor):
         (recomputed on readmission); 0 with none waiting."""
         need = 0
         for req in self.open.get(deployment, {}).values():
-            if req.scheduled_ns < 0 and 0 <= req.arrived_ns < end_ns:
-                need = max(need, req.prompt_tokens)
-            elif 0 <= req.requeued_ns < end_ns:
+            if 0 <= req.queued_ns < end_ns:  # (requeued_tokens is 0 before a preemption)
                 need = max(need, req.prompt_tokens + req.requeued_tokens)
         return need
 
@@ -262,7 +265,7 @@ class RequestExtractor(Extractor):
             for queued, scheduled in by_deployment.get(deployment, ()):
                 waited_ns += max(0, min(scheduled, end_ns) - max(queued, start_ns))
         for req in self.open.get(deployment, {}).values():
-            queued = req.arrived_ns if req.scheduled_ns < 0 else req.requeued_ns
+            queued = req.queued_ns
             if 0 <= queued < end_ns:
                 waited_ns += end_ns - max(queued, start_ns)
         return waited_ns / (end_ns - start_ns)

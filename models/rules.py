@@ -31,6 +31,10 @@ class Finding:
 # range. Readers (e.g. the closed-loop policy) treat it as "the symptom is barely there".
 SEVERITY_FLOOR = 0.05
 
+# A window in a condition's evidence history: its evidence held; held and met the
+# condition's ``persistence_fast`` too (0: did not hold)
+HELD, FAST = 1, 2
+
 
 def _severity(cond: Condition, features: dict[str, float]) -> float:
     value = features.get(cond.severity_feature)
@@ -78,7 +82,8 @@ class RuleEngine:
     """Evaluates every runbook condition on every view, with per-entity persistence."""
 
     runbook: Runbook
-    _history: dict[tuple[str, str], deque[bool]] = field(default_factory=dict)
+    # per (entity, condition): a window's evidence, 0 (not held), HELD or FAST
+    _history: dict[tuple[str, str], deque[int]] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)
 
     def evaluate(self, views: list[EntityView]) -> list[Finding]:
@@ -108,13 +113,26 @@ class RuleEngine:
                 return None  # nothing to remember: keeps state bounded to active suspects
             history = deque(maxlen=cond.history_windows)
             self._history[key] = history
-        history.append(bool(holds))
+        fast = cond.persistence_fast
+        if not holds:
+            history.append(0)
+        else:
+            history.append(FAST if fast is not None and fast.holds(view.features) else HELD)
         if not any(history):
             del self._history[key]
             return None
-        k, n = cond.persistence(view.features)
-        if not holds or sum(islice(reversed(history), n)) < k:
+        if not holds:
             return None
+        k, n = cond.persistence(view.features)
+        by_fast = False
+        if sum(1 for h in islice(reversed(history), n) if h) < k:
+            by_fast = (
+                fast is not None
+                and history[-1] == FAST
+                and sum(1 for h in islice(reversed(history), fast.n) if h == FAST) >= fast.k
+            )
+            if not by_fast:
+                return None
         missing = tuple(s for s in cond.optional_sources if s not in view.sources_present)
         confidence = self.runbook.missing_source_penalty ** len(missing)
         cause: Cause | None = next(
@@ -128,6 +146,8 @@ class RuleEngine:
             evidence += tuple(
                 (e, view.features[e.feature]) for e in cause.when if e.feature in view.features
             )
+        if by_fast and fast is not None:  # what let the shorter run confirm it
+            evidence += tuple((e, view.features[e.feature]) for e in fast.when)
         return Finding(
             condition=cond,
             view=view,

@@ -66,6 +66,23 @@ class Cause:
 
 
 @dataclass(frozen=True)
+class FastPath:
+    """``persistence_fast``: a shorter run, of windows whose evidence also meets ``when``.
+
+    Where the usual run waits out windows that look like the condition for a benign reason
+    (a guard that a window's mean can pass while a look-alike still shows), stronger evidence
+    in every window of the run confirms sooner. ``when`` fails on an absent feature, so a
+    source that does not report it keeps the usual run."""
+
+    k: int
+    n: int
+    when: tuple[Evidence, ...]
+
+    def holds(self, features: dict[str, float]) -> bool:
+        return all(e.holds(features) for e in self.when)
+
+
+@dataclass(frozen=True)
 class Condition:
     id: str
     family: str
@@ -91,6 +108,7 @@ class Condition:
     # ``persistence_if_absent``: the k of n that applies in a window where an ``if_absent =
     # "pass"`` guard had no value (less evidence, so a longer run before firing)
     persistence_if_absent: tuple[int, int] | None = None
+    persistence_fast: FastPath | None = None
 
     def persistence(self, features: dict[str, float]) -> tuple[int, int]:
         """(k, n) for a window with these features: ``persistence_if_absent`` where one of
@@ -104,7 +122,8 @@ class Condition:
     @property
     def history_windows(self) -> int:
         """How many windows of evidence the longest of its persistence rules looks at."""
-        return max(self.persistence_n, (self.persistence_if_absent or (0, 0))[1])
+        fast = self.persistence_fast.n if self.persistence_fast else 0
+        return max(self.persistence_n, (self.persistence_if_absent or (0, 0))[1], fast)
 
 
 @dataclass(frozen=True)
@@ -173,6 +192,14 @@ def _condition(entry: dict[str, Any], index: int) -> Condition:
         if_absent = _persistence(_need(entry, "persistence_if_absent", where, dict), at)
         if not any(e.absent_passes for e in evidence):
             raise RunbookError(f'{at} needs an evidence guard with if_absent = "pass"')
+    fast = None
+    if "persistence_fast" in entry:
+        at = f"{where}: persistence_fast"
+        table = _need(entry, "persistence_fast", where, dict)
+        fk, fn = _persistence(table, at)
+        if fk >= k:
+            raise RunbookError(f"{at} must need fewer windows than persistence (k={fk} >= {k})")
+        fast = FastPath(fk, fn, _evidence(table.get("when"), f"{at} when"))
     severity = _need(entry, "severity", where, dict)
     required = tuple(_need(entry, "required_sources", where, list))
     optional = tuple(entry.get("optional_sources", []))
@@ -213,6 +240,7 @@ def _condition(entry: dict[str, Any], index: int) -> Condition:
         if "min_data" in entry
         else None,
         persistence_if_absent=if_absent,
+        persistence_fast=fast,
     )
 
 

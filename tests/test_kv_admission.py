@@ -1,4 +1,5 @@
-"""KV-blocked admission: free KV room against the longest recent prompt (streams/views.py)."""
+"""Engine sample features: KV-blocked admission, free KV room against the longest recent
+prompt (streams/views.py), and the window's longest engine step."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ SAMPLE_NS = 10_000_000
 
 
 def _frame(
-    rows: list[tuple[int, int, float]], capacity_tokens: int
+    rows: list[tuple[int, int, float]], capacity_tokens: int, steps_ns: list[int] | None = None
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """An EngineSampleFrame of (running, waiting, KV usage) rows, 16 batch slots."""
+    """An EngineSampleFrame of (running, waiting, KV usage) rows, 16 batch slots, engine
+    steps of ``steps_ns`` (default 20 ms each; -1 is unreported)."""
     n = len(rows)
     columns = {
         "ts_ns": [T0_NS + i * SAMPLE_NS for i in range(n)],
@@ -31,7 +33,7 @@ def _frame(
         "preemptions_total": [0] * n,
         "prompt_tokens_total": [0] * n,
         "generation_tokens_total": [0] * n,
-        "step_duration_ns": [20_000_000] * n,
+        "step_duration_ns": steps_ns or [20_000_000] * n,
         "tokenizer_queue_depth": [0] * n,
     }
     record = pack(
@@ -100,3 +102,17 @@ def test_without_the_kv_capacity_a_full_cache_stands_in() -> None:
     assert out["engine.kv_admission_blocked_share"] == out["engine.kv_blocked_share"] == 0.0
     full = _blocked({"engine.kv_blocked_share": 0.75})
     assert full["engine.kv_admission_blocked_share"] == 0.75
+
+
+def test_the_longest_engine_step_of_a_window_is_kept_beside_the_mean() -> None:
+    """A request that arrives during a long step waits for its end; a window's mean step can
+    be short while one step was long (host-preprocessing-delay's fast path reads the max)."""
+    ex = EngineExtractor(HoppingSpec())
+    ex.ingest(*_frame(ROWS, 16_000, steps_ns=[20_000_000, 620_000_000, 30_000_000, 10_000_000]))
+    w = ex.window(range(T0_NS // ex.spec.hop_ns, T0_NS // ex.spec.hop_ns + 4))["r0"]
+    assert w["step_duration_ns_max"] == 620_000_000
+    assert w["step_duration_ns"] == pytest.approx(170_000_000)
+    unreported = EngineExtractor(HoppingSpec())
+    unreported.ingest(*_frame(ROWS, 16_000, steps_ns=[-1] * len(ROWS)))
+    w = unreported.window(range(T0_NS // ex.spec.hop_ns, T0_NS // ex.spec.hop_ns + 4))["r0"]
+    assert "step_duration_ns" not in w and "step_duration_ns_max" not in w

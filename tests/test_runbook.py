@@ -52,6 +52,15 @@ def _without(text: str, line: str) -> str:
         (lambda t: t.replace("k = 3, n = 4 }",
                              "k = 3, n = 4 }\npersistence_if_absent = { k = 4, n = 4 }", 1),
          'persistence_if_absent needs an evidence guard with if_absent = "pass"'),
+        (lambda t: t.replace("persistence_fast = { k = 3, n = 4,",
+                             "persistence_fast = { k = 5, n = 6,", 1),
+         "persistence_fast must need fewer windows than persistence (k=5 >= 5)"),
+        (lambda t: t.replace("persistence_fast = { k = 3, n = 4,",
+                             "persistence_fast = { k = 3, n = 2,", 1),
+         "persistence_fast needs integers 1 <= k <= n"),
+        (lambda t: t.replace("persistence_fast = { k = 3, n = 4, when = [",
+                             "persistence_fast = { k = 3, n = 4, unless = [", 1),
+         "persistence_fast when: needs a non-empty list"),
     ],
 )  # fmt: skip
 def test_a_malformed_runbook_fails_with_a_clear_error(mutate: object, message: str) -> None:
@@ -187,10 +196,18 @@ def test_a_firing_verdict_keeps_suppressing_through_its_hysteresis() -> None:
     assert [(r["condition"], r["state"]) for r in emitted] == [("kv-cache-pressure", "firing")]
 
 
-def _slow_preprocessing_windows(step_ms: float | None) -> list[list[Finding]]:
-    """Findings of 8 windows of a replica whose unqueued requests wait 6x its peer's time
-    per 1,000 prompt tokens before prefill; engine steps of ``step_ms`` (None: unreported)."""
+def _slow_preprocessing_windows(
+    step_ms: float | None,
+    longest_step_ms: float | None = None,
+    windows: int = 8,
+    arrivals: float = 6.0,
+) -> list[list[Finding]]:
+    """Findings of ``windows`` windows of a replica whose unqueued requests wait 6x its
+    peer's time per 1,000 prompt tokens before prefill; engine steps of ``step_ms`` on
+    average (None: unreported), the longest ``longest_step_ms`` (default: the mean);
+    ``arrivals`` requests arriving per window."""
     features = {
+        "requests.arrivals": arrivals,
         "requests.arrival_to_prefill_s_per_ktok_min_peer_ratio": 6.0,
         "requests.arrival_to_prefill_s_min": 0.26,
         "engine.kv_blocked_share": 0.0,
@@ -199,9 +216,39 @@ def _slow_preprocessing_windows(step_ms: float | None) -> list[list[Finding]]:
     }
     if step_ms is not None:
         features["engine.step_duration_ns"] = step_ms * 1e6
+        features["engine.step_duration_ns_max"] = (longest_step_ms or step_ms) * 1e6
     return _findings_per_window(
-        ("llama70b-a", "replica", "llama70b-a", "node00"), "engine", features, windows=8
+        ("llama70b-a", "replica", "llama70b-a", "node00"), "engine", features, windows
     )
+
+
+@pytest.mark.parametrize(
+    ("step_ms", "longest_step_ms", "arrivals", "first_window"),
+    [(40.0, 120.0, 6.0, 3), (40.0, 620.0, 6.0, 5), (40.0, 120.0, 1.0, 5), (None, None, 6.0, 8)],
+)
+def test_pre_processing_confirms_sooner_the_more_is_known_of_engine_steps(
+    step_ms: float | None, longest_step_ms: float | None, arrivals: float, first_window: int
+) -> None:
+    """host-preprocessing-delay fires after 3 windows where no engine step of them ran long
+    (a request's wait cannot be the end of a step it arrived during) and requests kept
+    arriving; after the usual 5 of 6 where one step of each window was long though the mean
+    is short (the tail of a burst of long prompts), or where one request a window arrived
+    (a drained replica's last requests: one unlucky request is no envelope); and where the
+    engine does not report step durations (vLLM) the guard is skipped and the rule asks for
+    8 of 8, the run that bursts of long prompts in clean traffic do not reach."""
+    per_window = _slow_preprocessing_windows(step_ms, longest_step_ms, 8, arrivals)
+    fired = [
+        i + 1
+        for i, window in enumerate(per_window)
+        if any(f.condition.id == "host-preprocessing-delay" for f in window)
+    ]
+    assert fired and fired[0] == first_window
+    first = next(
+        f for f in per_window[first_window - 1] if f.condition.id == "host-preprocessing-delay"
+    )
+    shown = {e.feature for e, _ in first.evidence}
+    # a verdict of the fast path shows what let it confirm sooner
+    assert ("engine.step_duration_ns_max" in shown) is (first_window == 3)
 
 
 @pytest.mark.parametrize(("step_ms", "fires"), [(40.0, True), (650.0, False), (None, True)])
@@ -242,19 +289,3 @@ def test_an_engine_whose_queue_head_does_not_fit_in_kv_is_not_early_stop_skew(
     )
     found = [f.condition.id for window in per_window for f in window]
     assert ("early-stop-skew" in found) is fires
-
-
-@pytest.mark.parametrize(("step_ms", "windows_to_fire"), [(40.0, 5), (None, 8)])
-def test_pre_processing_holds_longer_where_step_durations_are_not_reported(
-    step_ms: float | None, windows_to_fire: int
-) -> None:
-    """With the step guard's value the rule fires after 5 of 6 windows; where the engine does
-    not report step durations (vLLM) the guard is skipped and the rule asks for 8 of 8, the
-    run that bursts of long prompts in clean traffic do not reach."""
-    per_window = _slow_preprocessing_windows(step_ms)
-    fired = [
-        i + 1
-        for i, window in enumerate(per_window)
-        if any(f.condition.id == "host-preprocessing-delay" for f in window)
-    ]
-    assert fired and fired[0] == windows_to_fire

@@ -26,6 +26,9 @@ class EngineExtractor(Extractor):
         "generation_tokens_per_s": "mean",
         "prompt_tokens_per_s": "mean",
         "step_duration_ns": "mean",
+        # the longest step of the window: a request that arrives during a long step waits for
+        # its end, which the mean of a window that also holds short steps hides
+        "step_duration_ns_max": "max",
         "tokenizer_queue_depth": "mean",
         "expert_tokens_max_over_mean": "mean",
         "underfilled_with_queue_share": "mean",
@@ -83,6 +86,7 @@ class EngineExtractor(Extractor):
         headroom = np.full(n, np.nan)
         if capacity_tokens > 0:
             headroom[queued_free] = (1.0 - kv[queued_free]) * capacity_tokens
+        step = np.where(cols["step_duration_ns"] > 0, cols["step_duration_ns"], np.nan)
         values = np.column_stack(
             [
                 waiting,
@@ -93,7 +97,8 @@ class EngineExtractor(Extractor):
                 rates[0],
                 rates[1],
                 rates[2],
-                np.where(cols["step_duration_ns"] > 0, cols["step_duration_ns"], np.nan),
+                step,
+                step,
                 np.where(cols["tokenizer_queue_depth"] >= 0, cols["tokenizer_queue_depth"], np.nan),
                 skew,
                 np.where(np.isfinite(fill), underfilled, np.nan),

@@ -107,8 +107,12 @@ def _dump_dom(url: str) -> str:
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_injected_straggler_turns_red_on_the_live_page_during_a_demo(settings: Settings) -> None:
     port = free_port()
+    # Start-up (topics, the worker's group join) takes ~10 s of --duration on a loaded 2-core
+    # machine and 6 s are kept for the tail: 40 s leave ~24 s of simulation, so the throttled
+    # rank (5.3-15.1 s) is red for ~9 s, several Chromium dumps of a few seconds each. With
+    # 28 s a CI run got 12 s of simulation, and no dump caught the 4 s of red.
     proc = subprocess.Popen(
-        demo_command("--duration", "28", "--web-port", str(port)),
+        demo_command("--duration", "40", "--web-port", str(port)),
         cwd=REPO,
         env=demo_env(settings),
         stdout=subprocess.PIPE,

@@ -164,8 +164,11 @@ class Engine:
         return int(np.count_nonzero(self.slot_req >= 0))
 
     def _free_blocks(self) -> int:
-        used = -(-self.slot_kv[self.slot_req >= 0] // self.block_tokens)
-        return self.kv_capacity_blocks - int(used.sum())
+        return self.kv_capacity_blocks - self._blocks(self.slot_kv[self.slot_req >= 0])
+
+    def _blocks(self, tokens: np.ndarray) -> int:
+        """KV blocks that sequences of ``tokens`` tokens each hold (whole blocks)."""
+        return int((-(-tokens // self.block_tokens)).sum())
 
     def _admit(self, t: int) -> None:
         active = self.slot_req >= 0
@@ -204,7 +207,7 @@ class Engine:
         while True:
             active = self.slot_req >= 0
             after = self.slot_kv + new_tokens
-            blocks = int((-(-after[active] // self.block_tokens)).sum())
+            blocks = self._blocks(after[active])
             if blocks <= self.kv_capacity_blocks or active.sum() <= 1:
                 return active
             victim = int(np.flatnonzero(active)[np.argmax(self.slot_order[active])])
@@ -242,8 +245,7 @@ class Engine:
         # computes (allocated when it is scheduled, as vLLM's V1 scheduler does)
         self.step_start_ns = t0
         self.step_start_running = int(np.count_nonzero(active))
-        held = self.slot_kv[active] + new_tokens[active]
-        self.step_start_used_blocks = int((-(-held // self.block_tokens)).sum())
+        self.step_start_used_blocks = self._blocks(self.slot_kv[active] + new_tokens[active])
         decoding &= active
         n_decode = int(decoding.sum())
         prefill_tokens = int(new_tokens[active & ~decoding].sum())

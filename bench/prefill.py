@@ -21,6 +21,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
+
 from bench.common import samples_of
 from infra.kafka_admin import admin_client
 from infra.topics import ensure_topics
@@ -28,6 +30,7 @@ from producers.sim import Simulation, load_scenario
 from producers.sim.scenario import Scenario
 from schemas.codec import AvroCodec
 from skewscope.config import Settings, Topics, load_settings
+from skewscope.kafka.client_config import base_config
 from skewscope.kafka.producer import EventProducer
 
 
@@ -45,6 +48,9 @@ class Prefill:
     topology_records: int = 0
     by_schema: dict[str, dict[str, float]] = field(default_factory=dict)
     produce_s: float = 0.0
+    # Acknowledged messages and end offsets per "topic[partition]", from delivery reports:
+    # what a reader's watermarks should show.
+    delivered: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def settings(self, base: Settings | None = None) -> Settings:
         """Settings pointing at the pre-filled topics."""
@@ -100,7 +106,7 @@ def prefill(
     result = Prefill(prefix, partitions, scenario, sim_seconds)
     sim = Simulation(scaled_scenario(scenario, scale), seed=seed, topics=settings.topics)
     codec = AvroCodec()
-    producer = EventProducer(settings, codec=codec)
+    producer = EventProducer(settings, codec=codec, record_partitions=True)
     sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     began = time.perf_counter()
     for rec in sim.topology:
@@ -118,8 +124,15 @@ def prefill(
         result.messages += 1
         result.samples += samples
         result.bytes += len(value)
-    producer.flush(120)
+    stats = producer.flush(120)
     result.produce_s = time.perf_counter() - began
+    result.delivered = {
+        f"{topic}[{partition}]": {
+            "messages": stats.delivered_by_partition[(topic, partition)],
+            "end_offset": end,
+        }
+        for (topic, partition), end in sorted(stats.end_offsets.items())
+    }
     result.by_schema = {
         schema: {
             "frames": row["frames"],
@@ -130,6 +143,31 @@ def prefill(
         for schema, row in sorted(sums.items())
     }
     return result
+
+
+def watermark_shortfall(settings: Settings, result: Prefill) -> list[str]:
+    """Partitions whose watermarks (high minus low) disagree with what the pre-fill's
+    delivery reports acknowledged there, one line each; empty when they all agree."""
+    admin = admin_client(settings, quiet=True)
+    consumer = Consumer(
+        {**base_config(settings), "group.id": f"bench-watermarks-{uuid.uuid4().hex[:8]}"}
+    )
+    lines = []
+    try:
+        for name, topic in admin.list_topics(timeout=30).topics.items():
+            if not name.startswith(settings.topic_prefix):
+                continue
+            for p in topic.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=30)
+                acked = result.delivered.get(f"{name}[{p}]", {"messages": 0, "end_offset": 0})
+                if high - low != acked["messages"]:
+                    lines.append(
+                        f"{name}[{p}]: watermarks {low}..{high}, acknowledged "
+                        f"{acked['messages']} ending at offset {acked['end_offset']}"
+                    )
+    finally:
+        consumer.close()
+    return lines
 
 
 def drop_topics(settings: Settings) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from bench import ceiling, live, memory, replay_throughput
 from bench.common import run_child
-from bench.prefill import Prefill, drop_topics, prefill, scaled_scenario
+from bench.prefill import Prefill, drop_topics, prefill, scaled_scenario, watermark_shortfall
 from skewscope.config import Settings
 
 
@@ -42,10 +42,21 @@ def test_prefill_documents_the_frame_format(filled: tuple[Settings, Prefill]) ->
     assert result.by_schema["GpuSampleFrame"]["samples_per_frame"] == 160
 
 
+def test_prefill_delivery_reports_match_the_broker_watermarks(
+    filled: tuple[Settings, Prefill],
+) -> None:
+    settings, result = filled
+    acknowledged = sum(p["messages"] for p in result.delivered.values())
+    assert acknowledged == result.messages + result.topology_records
+    assert watermark_shortfall(settings, result) == []
+
+
 def test_ceiling_reads_every_prefilled_sample(filled: tuple[Settings, Prefill]) -> None:
     settings, result = filled
     got = ceiling.measure(settings)
-    assert (got["messages"], got["samples"]) == (result.messages, result.samples)
+    assert (got["messages"], got["samples"]) == (result.messages, result.samples), (
+        watermark_shortfall(settings, result)
+    )
     assert got["samples_per_cpu_s"] > 0
 
 
@@ -54,7 +65,9 @@ def test_replay_runs_every_sample_through_the_full_pipeline(
 ) -> None:
     settings, result = filled
     got = replay_throughput.measure(settings)
-    assert (got["messages"], got["samples"]) == (result.messages, result.samples)
+    assert (got["messages"], got["samples"]) == (result.messages, result.samples), (
+        watermark_shortfall(settings, result)
+    )
     assert got["topology_records"] == result.topology_records
     assert got["windows_closed"] > 0
     assert got["verdicts"] > 0  # heartbeats at least, written to the topic and Redis

@@ -24,6 +24,10 @@ class DeliveryStats:
     bytes_delivered: int = 0
     last_error: str = ""
     partitions: dict[tuple[str, bytes | None], int] = field(default_factory=dict)
+    # With record_partitions: per (topic, partition), messages acknowledged and the offset
+    # after the highest acknowledged one, to set against the broker's watermarks.
+    delivered_by_partition: dict[tuple[str, int], int] = field(default_factory=dict)
+    end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class DeliveryError(RuntimeError):
@@ -60,9 +64,14 @@ class EventProducer:
         self.stats.delivered += 1
         self.stats.bytes_delivered += len(msg.value() or b"")
         if self._record_partitions:
-            partition = msg.partition()
-            assert partition is not None
-            self.stats.partitions[(msg.topic() or "", msg.key())] = partition
+            topic, partition, offset = msg.topic() or "", msg.partition(), msg.offset()
+            assert partition is not None and offset is not None
+            self.stats.partitions[(topic, msg.key())] = partition
+            where = (topic, partition)
+            self.stats.delivered_by_partition[where] = (
+                self.stats.delivered_by_partition.get(where, 0) + 1
+            )
+            self.stats.end_offsets[where] = max(self.stats.end_offsets.get(where, 0), offset + 1)
 
     def send(
         self, topic: str, key: str | bytes | None, schema: str, record: dict[str, Any]

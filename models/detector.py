@@ -273,7 +273,7 @@ class Detector:
         if end_ns - self._last_heartbeat_ns < self.config.heartbeat_every_ns:
             return []
         self._last_heartbeat_ns = end_ns
-        deployments = {stream[0] for stream in self.watermarks._latest_ns}  # type: ignore[index]
+        deployments = {stream[0] for stream in self.watermarks.streams()}  # type: ignore[index]
         out = []
         for deployment in sorted(deployments):
             record = heartbeat_record(deployment, end_ns, end_ns, self.config.freshness_bound_ns)
@@ -361,7 +361,7 @@ class Detector:
 
     def deployments_seen(self) -> list[str]:
         """Deployments whose telemetry this shard has received."""
-        return sorted({str(stream[0]) for stream in self.watermarks._latest_ns})  # type: ignore[index]
+        return sorted({str(stream[0]) for stream in self.watermarks.streams()})  # type: ignore[index]
 
     @property
     def watermark_ns(self) -> int:

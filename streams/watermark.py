@@ -121,6 +121,10 @@ class WatermarkTracker:
     def silent_streams(self) -> frozenset[Hashable]:
         return frozenset(self._silent)
 
+    def streams(self) -> list[Hashable]:
+        """Every stream seen and not forgotten, silent ones included."""
+        return list(self._latest_ns)
+
     def latest_ns(self, stream: Hashable) -> int | None:
         return self._latest_ns.get(stream)
 

@@ -376,3 +376,39 @@ def test_load_truth_reads_each_engine_as_it_is_at_the_tick_end() -> None:
             assert state[r, 2] == waiting, (e.name, t_ns)
             queued_ticks += waiting > 0
     assert queued_ticks > 50  # requests did queue behind long steps
+
+
+class _FixedSteps:
+    """An executor whose every step takes 20 ms."""
+
+    def step(self, t0: int, *args: object, **kwargs: object) -> int:
+        return t0 + 20_000_000
+
+
+@pytest.mark.parametrize(
+    ("batching", "blocked_mid_batch"), [("continuous", True), ("static", False)]
+)
+def test_truth_counts_admission_as_kv_blocked_only_while_the_cache_holds_it_back(
+    batching: str, blocked_mid_batch: bool
+) -> None:
+    """A batch that fills the KV cache leaves the next long prompt waiting. An engine that
+    backfills keeps trying to admit it and is held back by the cache; one that batches
+    statically admits nothing until its batch drains, whatever the room, so the truth must not
+    read that wait as KV pressure (a stale flag from the admission that filled the batch once
+    labelled early-stop-skew's harm as kv-cache-pressure)."""
+    from producers.sim.engine import Engine
+    from producers.sim.scenario import DeploymentSpec
+
+    spec = DeploymentSpec("r0", kv_capacity_tokens=4_000, batching=batching)
+    engine = Engine(spec, _FixedSteps())  # type: ignore[arg-type]
+    n = 3
+    engine.submit(
+        np.zeros(n, dtype=np.int64),
+        np.zeros(n, dtype=np.int64),
+        np.array([1_500, 1_500, 1_500]),  # the third does not fit beside the first two
+        np.array([500, 500, 500]),  # long answers: the batch runs for seconds
+        np.zeros(n, dtype=np.int64),
+    )
+    engine.run_until(100_000_000)  # five steps into the first batch
+    assert engine.n_running() == 2 and len(engine.waiting) == 1
+    assert engine.kv_blocked is blocked_mid_batch

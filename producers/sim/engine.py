@@ -172,11 +172,12 @@ class Engine:
 
     def _admit(self, t: int) -> None:
         active = self.slot_req >= 0
+        self.kv_blocked = False
         if not self.backfill and active.any():
+            # static batching holds the queue until the batch drains, whatever the KV room
             return
         limit = min(self.max_num_seqs, self._cap)
         free_blocks = self._free_blocks()
-        self.kv_blocked = False
         while self.waiting and self.n_running() < limit:
             req = self.waiting[0]
             need_tokens = self.req_prompt[req] + self.req_out_done[req]

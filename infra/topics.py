@@ -131,6 +131,39 @@ def _create(
                 summary.existing.append(name)
             else:
                 raise InfraError(f"creating topic {name} failed: {exc}") from exc
+    _await_leaders(admin, {spec.name: spec.partitions for spec in specs}, timeout_s)
+
+
+def _await_leaders(admin: AdminClient, partitions: dict[str, int], timeout_s: float) -> None:
+    """Wait until the broker's metadata lists every new topic with all its partitions led.
+
+    The controller acknowledges a creation before every broker's metadata has the topic, so
+    a producer that starts at once may be told that the topic does not exist or that a
+    partition has no leader yet. Waiting here keeps those first seconds out of every
+    producer's path (an idempotent librdkafka producer that loses and regains a partition
+    restarts its sequence numbers, which the broker can take for duplicates: a suspected
+    cause of the one 2-message shortfall the bench smoke test saw, not confirmed)."""
+    deadline = time.monotonic() + timeout_s
+    waiting = dict(partitions)
+    while waiting:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        for name, count in list(waiting.items()):
+            topic = topics.get(name)
+            if (
+                topic is not None
+                and topic.error is None
+                and len(topic.partitions) == count
+                and all(p.leader >= 0 for p in topic.partitions.values())
+            ):
+                del waiting[name]
+        if not waiting:
+            return
+        if time.monotonic() >= deadline:
+            raise InfraError(
+                f"topics created but without a leader for every partition after {timeout_s} s: "
+                + ", ".join(sorted(waiting))
+            )
+        time.sleep(0.05)
 
 
 def _partition_count(admin: AdminClient, name: str, seen: int, settle_s: float = 5.0) -> int:

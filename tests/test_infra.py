@@ -132,6 +132,10 @@ def test_ensure_topics_is_idempotent_and_sets_policies(private_topics: Settings)
     first = ensure_topics(settings, log=lambda _: None)
     assert sorted(first.created) == sorted(expected)
     assert first.warnings == []
+    # created and led: a producer that starts now finds every partition
+    led = admin_client(settings).list_topics(timeout=10).topics
+    for name in expected:
+        assert all(p.leader >= 0 for p in led[name].partitions.values()), name
     second = ensure_topics(settings, log=lambda _: None)
     assert second.created == []
     assert sorted(second.existing) == sorted(expected)
@@ -152,6 +156,25 @@ def test_ensure_topics_is_idempotent_and_sets_policies(private_topics: Settings)
     futures = admin.describe_configs(list(resources.values()), request_timeout=30)
     for name, (key, value) in wanted.items():
         assert futures[resources[name]].result(timeout=30)[key].value == value, (name, key)
+
+
+def test_waiting_for_leaders_names_the_topics_still_without_one() -> None:
+    from types import SimpleNamespace
+
+    from infra.topics import _await_leaders
+
+    led = SimpleNamespace(error=None, partitions={0: SimpleNamespace(leader=1)})
+    unled = SimpleNamespace(error=None, partitions={0: SimpleNamespace(leader=-1)})
+
+    class Admin:
+        def list_topics(self, timeout: float) -> SimpleNamespace:
+            return SimpleNamespace(topics={"a": led, "b": unled})
+
+    _await_leaders(Admin(), {"a": 1}, timeout_s=0.2)  # type: ignore[arg-type]
+    with pytest.raises(InfraError, match=r"partition after 0.2 s: b, c$"):
+        _await_leaders(Admin(), {"a": 1, "b": 1, "c": 1}, timeout_s=0.2)  # type: ignore[arg-type]
+    with pytest.raises(InfraError, match=r": a$"):
+        _await_leaders(Admin(), {"a": 2}, timeout_s=0.2)  # type: ignore[arg-type]
 
 
 def test_ensure_topics_warns_about_wrong_partition_count(

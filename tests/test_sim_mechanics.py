@@ -412,3 +412,32 @@ def test_truth_counts_admission_as_kv_blocked_only_while_the_cache_holds_it_back
     engine.run_until(100_000_000)  # five steps into the first batch
     assert engine.n_running() == 2 and len(engine.waiting) == 1
     assert engine.kv_blocked is blocked_mid_batch
+
+
+class _HangsAfter:
+    """An executor whose steps take 20 ms until ``hang_ns``; then a rank hangs."""
+
+    def __init__(self, hang_ns: int) -> None:
+        self.hang_ns = hang_ns
+
+    def step(self, t0: int, *args: object, **kwargs: object) -> int | None:
+        return None if t0 >= self.hang_ns else t0 + 20_000_000
+
+
+def test_truth_counts_the_requests_that_reach_a_hung_engine_as_waiting() -> None:
+    """A hung engine takes nothing from its queue, yet requests keep reaching it: the truth
+    reads them as waiting, so a hung replica never counts as a peer with room (it once did,
+    and the truth blamed ingress-imbalance on the replica beside it)."""
+    from producers.sim.engine import Engine
+    from producers.sim.scenario import DeploymentSpec
+
+    engine = Engine(DeploymentSpec("r0"), _HangsAfter(hang_ns=100_000_000))  # type: ignore[arg-type]
+    arrivals = np.array([0, 300_000_000, 400_000_000, 500_000_000], dtype=np.int64)
+    n = arrivals.size
+    engine.submit(arrivals, arrivals, np.full(n, 100), np.full(n, 500), np.zeros(n, np.int64))
+    engine.run_until(600_000_000)
+    assert engine.stalled
+    running, _, waiting = engine.state_at(450_000_000)
+    assert (running, waiting) == (1, 2)  # the first request holds its slot; two have arrived since
+    assert engine.state_at(600_000_000)[2] == 3
+    assert not engine.kv_blocked  # the hang holds the queue, not the KV cache

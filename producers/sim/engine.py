@@ -155,6 +155,9 @@ class Engine:
             if ready[req] <= t_ns:
                 break
             waiting -= 1
+        # a stalled engine (a hung rank) releases nothing into its queue, but the requests
+        # that reach it wait all the same (a running engine has released all ready by t_ns)
+        waiting += int(np.searchsorted(self._pending_ready, t_ns, "right"))
         if self.step_start_ns <= t_ns < self.t_ns:
             return self.step_start_running, self.step_start_used_blocks, waiting
         return self.n_running(), self.kv_capacity_blocks - self._free_blocks(), waiting
@@ -263,6 +266,7 @@ class Engine:
         )
         if end is None:
             self.stalled = True
+            self.kv_blocked = False  # what holds the queue now is the hang
             return
         self.slot_kv += new_tokens * active
         took = active & ~decoding & (new_tokens > 0)

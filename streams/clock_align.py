@@ -34,6 +34,10 @@ class ClockAligner:
     max_samples: int = 512
     step_threshold_ns: int = 100_000
     step_horizon_ns: int = 1_000_000_000
+    # across a pause in the samples longer than two horizons: drift allowed per second of it
+    # beyond them, and the longest pause compared across at all
+    drift_allowance_ppm: float = 50.0
+    max_gap_ns: int = 10_000_000_000
     _samples: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
     _reference: dict[str, str] = field(default_factory=dict)  # deployment -> reference clock
     _steps: dict[str, tuple[float, int]] = field(default_factory=dict)
@@ -71,13 +75,11 @@ class ClockAligner:
 
     def _add(self, clock: str, at_ns: int, sample_ns: float) -> None:
         window = self._samples.setdefault(clock, deque(maxlen=self.max_samples))
-        previous = self._offset_cache.get(clock)
         window.append((at_ns, sample_ns))
         while window and window[0][0] < at_ns - self.window_ns:
             window.popleft()
         estimate = float(np.median([s for _, s in window]))
         self._offset_cache[clock] = estimate
-        del previous
         # A step is a fast change: the estimate now against the estimate one horizon ago.
         # Drift (tens of ppm) moves the estimate far less than the threshold in that time.
         history = self._estimates.setdefault(clock, deque())
@@ -86,12 +88,26 @@ class ClockAligner:
             history.popleft()
         then_ns, then_estimate = history[0]
         last_step_at = self._steps.get(clock, (0.0, -(2**62)))[1]
+        gap_ns = at_ns - then_ns
+        threshold_ns = float(self.step_threshold_ns)
+        step_at_ns = at_ns
+        if gap_ns > 2 * self.step_horizon_ns:
+            # Sampled collectives pause now and then (2.2 s in clock-desync-ref-001, the
+            # step inside the pause): compare across the pause, with room for the drift
+            # over it, once three samples in the window agree on the new offset (a single
+            # descheduled rank's reading is not a step). Dated by the first of them.
+            if gap_ns > self.max_gap_ns:
+                return
+            if len(window) < 3:
+                history.pop()  # keep comparing with the estimate from before the pause
+                return
+            threshold_ns += self.drift_allowance_ppm * 1e-6 * (gap_ns - 2 * self.step_horizon_ns)
+            step_at_ns = window[0][0]
         if (
-            at_ns - then_ns <= 2 * self.step_horizon_ns
-            and abs(estimate - then_estimate) > self.step_threshold_ns
+            abs(estimate - then_estimate) > threshold_ns
             and at_ns - last_step_at > self.step_horizon_ns
         ):
-            self._steps[clock] = (estimate - then_estimate, at_ns)
+            self._steps[clock] = (estimate - then_estimate, step_at_ns)
 
     def offset_ns(self, clock: str) -> float:
         """Current offset of ``clock`` (local minus reference); 0 for unknown or reference."""

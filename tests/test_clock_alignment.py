@@ -88,3 +88,38 @@ def test_without_drift_the_error_is_jitter_and_asymmetry_only() -> None:
     errors = alignment_errors_ns(still)
     # Asymmetry is a bias no end-time method can see: up to 5 us here, plus jitter.
     assert errors.max() < 8_000
+
+
+def _steps_seen(
+    pause_s: tuple[float, float], step_at_s: float, readings: dict[float, float] | None = None
+) -> tuple[float, float]:
+    """Two clocks sampled every 100 ms for 20 s, none in ``pause_s``; the second one steps by
+    200 us at ``step_at_s``; ``readings`` adds lone late readings (time s -> late by ns).
+    Returns the step found (ns) and when it is dated (s), (0, 0) for none."""
+    aligner = ClockAligner()
+    extra = readings or {}
+    for i in range(200):
+        t = i / 10
+        if pause_s[0] <= t < pause_s[1] and t not in extra:
+            continue
+        true_ns = T0_NS + round(t * 1e9)
+        late = extra.get(t, 0.0) + (200_000 if t >= step_at_s else 0)
+        aligner.observe("dep0", {"node0/host": true_ns, "node1/host": true_ns + int(late)})
+    est = aligner.estimate("node1/host")
+    at_s = (est.last_step_at_ns - T0_NS) / 1e9 if est.last_step_ns else 0.0
+    return round(est.last_step_ns, -3), round(at_s, 1)
+
+
+def test_a_step_inside_a_pause_of_the_samples_is_found_after_it() -> None:
+    """Sampled collectives pause for seconds at times; a step inside a pause longer than the
+    aligner's window used to be lost (clock-desync-ref-001 of the suite: a 2.2 s pause)."""
+    assert _steps_seen((0.0, 0.0), step_at_s=8.05) == (200_000, 9.1)  # no pause: ~1 s later
+    # dated by the first reading after the pause
+    assert _steps_seen((8.0, 11.0), step_at_s=9.0) == (200_000, 11.0)
+    assert _steps_seen((8.0, 19.0), step_at_s=9.0) == (0, 0)  # a pause over 10 s: not compared
+
+
+def test_a_lone_late_reading_after_a_pause_is_not_a_step() -> None:
+    """After a pause the window holds only the newest readings; one late reading (a
+    descheduled rank) among fewer than three is not taken for a step."""
+    assert _steps_seen((8.0, 11.0), step_at_s=99.0, readings={11.0: 400_000}) == (0, 0)

@@ -51,6 +51,9 @@ class DetectorConfig:
     clock_step_attribution_ns: int = 3_000_000_000
     # Load-family shares are judged over this longer window (as a router would see them).
     share_window_ns: int = 10_000_000_000
+    # A replica the router sent no request in this long is out of rotation (drained, or at
+    # weight 0): not a peer with room for the load family (streams/views.py).
+    rotation_window_ns: int = 3_000_000_000
     # The TTFT SLO: load-family harm (``requests.ttft_p99_over_slo_ratio``) is the p99 TTFT
     # of this window and of the one before it, counting requests still waiting longer than
     # this at a window's end, over this
@@ -205,6 +208,10 @@ class Detector:
             last_pane - self.config.share_window_ns // spec.hop_ns + 1, last_pane + 1
         )
         requests_long = self.requests.window(share_panes)
+        recent_panes = range(
+            last_pane - self.config.rotation_window_ns // spec.hop_ns + 1, last_pane + 1
+        )
+        requests_recent = self.requests.window(recent_panes)
         in_window = windows["EngineRequestFrame"]
         # A replica with no request event in this window still has its 10 s arrivals (the
         # fleet's shares need them: leaving an idle moment out read its peer as taking every
@@ -215,6 +222,7 @@ class Detector:
         for deployment, values in in_window.items():
             long = requests_long.get(deployment, {})
             values["arrivals_long"] = long.get("arrivals", 0.0)
+            values["arrivals_recent"] = requests_recent.get(deployment, {}).get("arrivals", 0.0)
             if "prompt_tokens_mean" in long:
                 values["prompt_tokens_mean_long"] = long["prompt_tokens_mean"]
                 values["prompt_tokens_max_long"] = long["prompt_tokens_max"]

@@ -440,10 +440,13 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         ]
         if peers:
             # A peer replica with room: batch < 70 % full, KV < 70 %, no queue (the SLO
-            # harm of a load condition only counts while capacity sits idle elsewhere).
+            # harm of a load condition only counts while capacity sits idle elsewhere), and
+            # in the router's rotation: one drained on purpose (or at weight 0) received no
+            # request lately, and its idle capacity is not the router's to use.
             view.features["peers.spare_capacity"] = float(
                 any(
-                    p["engine.batch_fill_ratio"] < 0.7
+                    p.get("requests.arrivals_recent", 1.0) > 0
+                    and p["engine.batch_fill_ratio"] < 0.7
                     and p.get("engine.kv_cache_usage_ratio", 0.0) < 0.7
                     and p.get("requests.waiting_mean", p.get("engine.num_waiting", 0.0)) < 1
                     for p in peers

@@ -101,6 +101,40 @@ def test_a_peer_whose_requests_queue_between_steps_has_no_spare_room() -> None:
     assert _spare_of_a(idle_gauge, {}) == 1.0
 
 
+def test_a_peer_out_of_the_routers_rotation_has_no_spare_room() -> None:
+    """An idle peer that got no request in the last 3 s is drained (or at weight 0): its
+    capacity is not the router's to use, so harm beside it is no routing condition."""
+    idle_gauge = {"batch_fill_ratio": 0.0, "kv_cache_usage_ratio": 0.0, "num_waiting": 0.0}
+    assert _spare_of_a(idle_gauge, {"arrivals": 0.0, "arrivals_recent": 0.0}) == 0.0
+    assert _spare_of_a(idle_gauge, {"arrivals": 0.0, "arrivals_recent": 2.0}) == 1.0
+
+
+def test_the_detector_counts_a_replicas_requests_of_the_last_3_s() -> None:
+    from models.detector import Detector, DetectorConfig
+    from models.runbook import load_runbook
+    from tests.synthetic import topology
+
+    det = Detector(load_runbook(), DetectorConfig(emit_features=True, anomaly_model=False))
+    for dep in ("a", "b"):
+        for rec in topology(dep, nodes=1, gpus_per_node=1):
+            det.process("TopologyRecord", rec)
+    recent: dict[int, float] = {}
+    for k in range(80):  # 8 s of 100 ms frames; b is drained at 2 s
+        start = T0_NS + k * S // 10
+        for dep in ("a", "b"):
+            arrivals = [start + 10 * MS] if dep == "a" or k < 20 else []
+            rows = [(i, ARRIVED, t) for i, t in enumerate(arrivals)]
+            ids = [f"{dep}-{k}-{i}" for i in range(len(arrivals))]
+            frame = request_frame(dep, f"{dep}-node0", rows, ids, k, start + S // 10)
+            for out in det.process("EngineRequestFrame", frame):
+                if out.schema == "FeatureWindow" and out.record["entity"] == "b":
+                    end_s = round((out.record["window_end_ns"] - T0_NS) / S, 2)
+                    recent[end_s] = out.record["features"]["requests.arrivals_recent"]
+    assert recent[2.0] == 20.0  # 10 a second since 0 s
+    assert recent[4.0] == 10.0  # the last second of them
+    assert recent[5.0] == 0.0  # 3 s after the drain
+
+
 def test_a_preempted_request_needs_room_for_what_it_had_generated_too() -> None:
     """500-token prompts (tests.synthetic); the preempted one had generated 1 token."""
     end = T0_NS + S

@@ -9,7 +9,8 @@ Two kinds:
   states of load, labelled from the simulator's TRUE state, never from an injection: a
   replica is harmed in a 1 s window when its p99 TTFT (requests whose first token came in the
   window, plus requests still waiting longer than the SLO) exceeds ``workload.slo_ttft_ms``
-  while a peer replica has spare capacity (mean batch occupancy < 0.7, KV < 0.7, queue < 1;
+  while a peer replica has spare capacity (in the router's rotation: not drained, at a
+  weight above 0, not restarting; mean batch occupancy < 0.7, KV < 0.7, queue < 1;
   means over the window's 10 ms ticks of each engine's state at the tick's end, as
   ``Engine.state_at`` gives it: the step in progress still holds its slots, and only requests
   ready by then wait).
@@ -111,7 +112,10 @@ class LoadLabeller:
         self._samples = []
         mean = samples.mean(axis=0)
         kv_bound = samples[:, :, 3].mean(axis=0)
-        spare = (mean[:, 0] < 0.7) & (mean[:, 1] < 0.7) & (mean[:, 2] < 1.0)
+        # a replica out of the router's rotation (drained, weight 0, restarting) has no room
+        # to offer
+        in_rotation = (w.router.share() > 0) & (w.router.down_until_ns <= a)
+        spare = (mean[:, 0] < 0.7) & (mean[:, 1] < 0.7) & (mean[:, 2] < 1.0) & in_rotation
         arrivals = np.zeros(n_rep)
         prompt = np.zeros(n_rep)
         p99 = np.zeros(n_rep)

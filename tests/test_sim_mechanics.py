@@ -441,3 +441,25 @@ def test_truth_counts_the_requests_that_reach_a_hung_engine_as_waiting() -> None
     assert (running, waiting) == (1, 2)  # the first request holds its slot; two have arrived since
     assert engine.state_at(600_000_000)[2] == 3
     assert not engine.kv_blocked  # the hang holds the queue, not the KV cache
+
+
+@pytest.mark.parametrize(
+    ("kind", "target", "severity", "labelled"),
+    [("planned-drain", "llama70b-b", 1.0, False), ("router-weight", "llama70b-a", 0.9, True)],
+)
+def test_truth_counts_no_room_on_a_replica_out_of_the_routers_rotation(
+    kind: str, target: str, severity: float, labelled: bool
+) -> None:
+    """Both ways llama70b-a takes (nearly) all of the traffic and its SLO breaks. A peer
+    sent a tenth of it still has room the router could use: ingress-imbalance. A peer drained
+    on purpose has none to offer (the truth once counted it spare, and labelled every
+    planned-drain look-alike's busy replica ingress-imbalance, whose remedy undoes the drain)."""
+    from producers.sim.scenario import FaultSpec
+
+    base = dataclasses.replace(load_scenario("ingress-imbalance"), faults=())
+    fault = FaultSpec(kind=kind, target=target, onset_s=1.0, severity=severity)
+    sim = Simulation(dataclasses.replace(base, faults=(fault,)), seed=1)
+    for _ in sim.frames(duration_s=12.0):
+        pass
+    found = {(x["condition"], x["entity"]) for x in sim.labels}
+    assert (("ingress-imbalance", "llama70b-a") in found) is labelled

@@ -62,6 +62,37 @@ def test_credit_starvation_is_refused_on_a_roce_fabric() -> None:
         scenario_from_dict(doc)
 
 
+@pytest.mark.parametrize("severity", [3.0, 1.0, -0.5])
+def test_a_router_weight_fault_needs_a_share_between_0_and_1(severity: float) -> None:
+    doc = {
+        "deployment": [{"name": "d", "count": 2}],
+        "fault": [{"kind": "router-weight", "target": "d-a", "severity": severity}],
+    }
+    with pytest.raises(ScenarioError, match=r"share of all requests.*0 < severity < 1"):
+        scenario_from_dict(doc)
+
+
+def test_the_suites_router_weight_episodes_send_the_target_its_share() -> None:
+    """The kind's reference and range were once stated as a ratio to the fair share (3.0,
+    2-5) while the injector reads a share: the weight came out negative, the router fell back
+    to even shares, and the suite's ingress-imbalance episodes injected nothing."""
+    from producers.sim import Simulation
+    from producers.sim.suite import make_suite
+
+    kind = KINDS["router-weight"]
+    assert 0.0 < kind.low <= kind.reference <= kind.high < 1.0
+    episodes = [
+        e for e in make_suite(3, seed=0, duration_s=20) if e.condition == "ingress-imbalance"
+    ]
+    for ep in [e for e in episodes if e.reference][:2]:
+        (fault,) = [f for f in ep.faults if f.kind == "router-weight"]
+        sim = Simulation(ep.scenario, seed=ep.seed)
+        for _ in sim.frames(duration_s=fault.onset_s + 0.5):
+            pass
+        share = sim.world.router.share()[sim.world.replica_index(fault.target)]
+        assert share == pytest.approx(kind.reference)
+
+
 def test_unknown_scenario_name_lists_the_bundled_ones() -> None:
     with pytest.raises(ScenarioError, match=r"bundled: .*tp-straggler"):
         load_scenario("no-such-scenario")

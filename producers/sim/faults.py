@@ -194,12 +194,12 @@ KINDS: dict[str, FaultKind] = {
             "ingress-imbalance",
             "network-ns",
             "replica",
-            "router_weight_ratio",
-            3.0,
-            2.0,
-            5.0,
+            "request_share",
+            0.9,
+            0.8,
+            0.95,
             load_family=True,
-            summary="the router sends severity x the fair share to one replica",
+            summary="the router's weights send share severity of all requests to one replica",
         ),
         FaultKind(
             "bursty-clients",
@@ -335,6 +335,11 @@ def check_fault_spec(scenario: Scenario, f: FaultSpec) -> None:
         raise ScenarioError(f"{where}: needs cluster.fabric = {kind.needs!r}")
     if kind.needs == "pp" and not any(d.pp > 1 for d in scenario.deployments):
         raise ScenarioError(f"{where}: needs a deployment with pp > 1")
+    if kind.unit == "request_share" and not 0.0 < severity_of(f) < 1.0:
+        raise ScenarioError(
+            f"{where}: severity is the share of all requests the replica gets, "
+            f"0 < severity < 1; got {severity_of(f)}"
+        )
     if kind.target != "fabric" and not f.target:
         raise ScenarioError(
             f"{where}: needs target = a {kind.target} (e.g. {_TARGET_EXAMPLES[kind.target]})"

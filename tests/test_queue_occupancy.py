@@ -119,11 +119,14 @@ def test_the_detector_counts_a_replicas_requests_of_the_last_3_s() -> None:
         for rec in topology(dep, nodes=1, gpus_per_node=1):
             det.process("TopologyRecord", rec)
     recent: dict[int, float] = {}
-    for k in range(80):  # 8 s of 100 ms frames; b is drained at 2 s
+    for k in range(140):  # 14 s of 100 ms frames; b is drained at 2 s
         start = T0_NS + k * S // 10
         for dep in ("a", "b"):
             arrivals = [start + 10 * MS] if dep == "a" or k < 20 else []
-            rows = [(i, ARRIVED, t) for i, t in enumerate(arrivals)]
+            # each request's whole life (arrive .. finish, kinds 0-4) within 60 ms
+            rows = [
+                (i, kind, t + kind * 15 * MS) for i, t in enumerate(arrivals) for kind in range(5)
+            ]
             ids = [f"{dep}-{k}-{i}" for i in range(len(arrivals))]
             frame = request_frame(dep, f"{dep}-node0", rows, ids, k, start + S // 10)
             for out in det.process("EngineRequestFrame", frame):
@@ -133,6 +136,7 @@ def test_the_detector_counts_a_replicas_requests_of_the_last_3_s() -> None:
     assert recent[2.0] == 20.0  # 10 a second since 0 s
     assert recent[4.0] == 10.0  # the last second of them
     assert recent[5.0] == 0.0  # 3 s after the drain
+    assert recent[13.5] == 0.0  # and still, with no request of b's left in the 10 s window
 
 
 def test_a_preempted_request_needs_room_for_what_it_had_generated_too() -> None:

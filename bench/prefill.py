@@ -148,13 +148,12 @@ def prefill(
 def watermark_shortfall(settings: Settings, result: Prefill) -> list[str]:
     """Partitions whose watermarks (high minus low) disagree with what the pre-fill's
     delivery reports acknowledged there, one line each; empty when they all agree."""
-    admin = admin_client(settings, quiet=True)
     consumer = Consumer(
         {**base_config(settings), "group.id": f"bench-watermarks-{uuid.uuid4().hex[:8]}"}
     )
     lines = []
     try:
-        for name, topic in admin.list_topics(timeout=30).topics.items():
+        for name, topic in consumer.list_topics(timeout=30).topics.items():
             if not name.startswith(settings.topic_prefix):
                 continue
             for p in topic.partitions:

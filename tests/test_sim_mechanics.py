@@ -378,11 +378,14 @@ def test_load_truth_reads_each_engine_as_it_is_at_the_tick_end() -> None:
     assert queued_ticks > 50  # requests did queue behind long steps
 
 
-class _FixedSteps:
-    """An executor whose every step takes 20 ms."""
+class _Steps:
+    """An executor whose every step takes 20 ms, until a rank hangs at ``hang_ns``."""
 
-    def step(self, t0: int, *args: object, **kwargs: object) -> int:
-        return t0 + 20_000_000
+    def __init__(self, hang_ns: int | None = None) -> None:
+        self.hang_ns = hang_ns
+
+    def step(self, t0: int, *args: object, **kwargs: object) -> int | None:
+        return None if self.hang_ns is not None and t0 >= self.hang_ns else t0 + 20_000_000
 
 
 @pytest.mark.parametrize(
@@ -400,7 +403,7 @@ def test_truth_counts_admission_as_kv_blocked_only_while_the_cache_holds_it_back
     from producers.sim.scenario import DeploymentSpec
 
     spec = DeploymentSpec("r0", kv_capacity_tokens=4_000, batching=batching)
-    engine = Engine(spec, _FixedSteps())  # type: ignore[arg-type]
+    engine = Engine(spec, _Steps())  # type: ignore[arg-type]
     n = 3
     engine.submit(
         np.zeros(n, dtype=np.int64),
@@ -414,16 +417,6 @@ def test_truth_counts_admission_as_kv_blocked_only_while_the_cache_holds_it_back
     assert engine.kv_blocked is blocked_mid_batch
 
 
-class _HangsAfter:
-    """An executor whose steps take 20 ms until ``hang_ns``; then a rank hangs."""
-
-    def __init__(self, hang_ns: int) -> None:
-        self.hang_ns = hang_ns
-
-    def step(self, t0: int, *args: object, **kwargs: object) -> int | None:
-        return None if t0 >= self.hang_ns else t0 + 20_000_000
-
-
 def test_truth_counts_the_requests_that_reach_a_hung_engine_as_waiting() -> None:
     """A hung engine takes nothing from its queue, yet requests keep reaching it: the truth
     reads them as waiting, so a hung replica never counts as a peer with room (it once did,
@@ -431,7 +424,7 @@ def test_truth_counts_the_requests_that_reach_a_hung_engine_as_waiting() -> None
     from producers.sim.engine import Engine
     from producers.sim.scenario import DeploymentSpec
 
-    engine = Engine(DeploymentSpec("r0"), _HangsAfter(hang_ns=100_000_000))  # type: ignore[arg-type]
+    engine = Engine(DeploymentSpec("r0"), _Steps(hang_ns=100_000_000))  # type: ignore[arg-type]
     arrivals = np.array([0, 300_000_000, 400_000_000, 500_000_000], dtype=np.int64)
     n = arrivals.size
     engine.submit(arrivals, arrivals, np.full(n, 100), np.full(n, 500), np.zeros(n, np.int64))

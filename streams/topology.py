@@ -26,6 +26,7 @@ class RankPlace:
     pcie_gen_expected: int
     pcie_width_expected: int
     gpu_behind_dpu: bool = False  # the node's DPU sees this GPU's host copies
+    router_pool: str = ""  # the replicas one router balances across ("": not given)
 
     @property
     def entity(self) -> str:
@@ -71,6 +72,7 @@ class Topology:
             pcie_gen_expected=int(record.get("pcie_link_gen_expected", 5)),
             pcie_width_expected=int(record.get("pcie_link_width_expected", 16)),
             gpu_behind_dpu=bool(record.get("gpu_behind_dpu", False)),
+            router_pool=str(record.get("router_pool") or ""),
         )
         # Copy on write: a detector iterating the old mapping in another thread stays safe.
         ranks = dict(self.ranks)
@@ -82,6 +84,15 @@ class Topology:
 
     def deployments(self) -> list[str]:
         return sorted({p.deployment for p in self.ranks.values()})
+
+    def pool_of(self, deployment: str) -> str:
+        """The router pool of ``deployment``: the replicas one router balances across, whose
+        load the load-family conditions compare. Deployments whose records name no pool form
+        one pool (every replica this detector holds, as before pools were named). Ranks of
+        one deployment naming different pools (a record in transit): the first by name."""
+        pools = sorted({p.router_pool for p in self.ranks.values() if p.deployment == deployment})
+        named = [p for p in pools if p]
+        return named[0] if named else ""
 
     def nodes(self) -> list[str]:
         return sorted({p.node for p in self.ranks.values()})

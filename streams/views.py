@@ -406,20 +406,33 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
         if any(_silent(inputs, deployment, "engine", n) for n in nodes):
             view.sources_silent.add("engine")
         out.append(view)
-    arrivals = [v.features.get("requests.arrivals_long", 0.0) for v in out]
+    # The load family's peers are the other replicas of the same router pool: the copies of
+    # one model that one router balances across. Another model's idle replica is no room for
+    # this one's requests, and its prompts and prefill times are not this one's norm.
+    pools: dict[str, list[EntityView]] = {}
+    for view in out:
+        pools.setdefault(topo.pool_of(view.deployment), []).append(view)
+    for pool in pools.values():
+        _add_pool_features(pool)
+    return out
+
+
+def _add_pool_features(pool: list[EntityView]) -> None:
+    """Features that compare each replica with the others of its router pool."""
+    arrivals = [v.features.get("requests.arrivals_long", 0.0) for v in pool]
     mean_arrivals = float(np.mean(arrivals)) if arrivals else 0.0
-    # The fleet's prompt tokens per request, weighted by requests (not the mean of the
+    # The pool's prompt tokens per request, weighted by requests (not the mean of the
     # replicas' means): a replica that also receives more requests weighs in with them, as
     # in the simulator's truth; the unweighted mean over-read length skew on it.
     weighted = [
         (v.features["requests.arrivals_long"], v.features["requests.prompt_tokens_mean_long"])
-        for v in out
+        for v in pool
         if "requests.prompt_tokens_mean_long" in v.features
         and v.features.get("requests.arrivals_long", 0.0) > 0
     ]
     fleet_requests = sum(n for n, _ in weighted)
     fleet_prompt = sum(n * m for n, m in weighted) / fleet_requests if fleet_requests else 0.0
-    for view in out:
+    for view in pool:
         if mean_arrivals > 0 and "requests.arrivals_long" in view.features:
             view.features["requests.arrivals_share_ratio"] = (
                 view.features["requests.arrivals_long"] / mean_arrivals
@@ -428,17 +441,13 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
             view.features["requests.prompt_tokens_fleet_ratio"] = (
                 view.features["requests.prompt_tokens_mean_long"] / fleet_prompt
             )
-        fills = [
-            o.features["engine.batch_fill_ratio"]
-            for o in out
-            if o is not view and "engine.batch_fill_ratio" in o.features
-        ]
-        if fills:
-            view.features["peers.min_batch_fill_ratio"] = min(fills)
         peers = [
-            o.features for o in out if o is not view and "engine.batch_fill_ratio" in o.features
+            o.features for o in pool if o is not view and "engine.batch_fill_ratio" in o.features
         ]
         if peers:
+            view.features["peers.min_batch_fill_ratio"] = min(
+                p["engine.batch_fill_ratio"] for p in peers
+            )
             # A peer replica with room: batch < 70 % full, KV < 70 %, no queue (the SLO
             # harm of a load condition only counts while capacity sits idle elsewhere), and
             # in the router's rotation: one drained on purpose (or at weight 0) received no
@@ -453,7 +462,7 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
                 )
             )
     add_peer_ratios(
-        out,
+        pool,
         [
             "requests.prompt_tokens_mean",
             "requests.prefill_s",
@@ -462,7 +471,6 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
             "requests.arrival_to_prefill_s_per_ktok_min",
         ],
     )
-    return out
 
 
 def _port_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:

@@ -22,6 +22,9 @@ import numpy as np
 from producers.sim.scenario import Scenario
 
 _UUID_NS = uuid.UUID("6b1f3c2e-5d7a-4f0e-9a3b-2c1d0e9f8a7b")
+# One router (producers/sim/frontend.py) balances requests across every replica of a
+# scenario, so they form one router pool.
+ROUTER_POOL = "frontend"
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ class Layout:
                             "pcie_link_width_expected": self.pcie_width_expected,
                             "updated_at_ns": updated_at_ns,
                             "removed": False,
+                            "router_pool": ROUTER_POOL,
                         }
                     )
         return out

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from models.detector import Detector, DetectorConfig, Output
+from producers.sim.scenario import load_scenario
+from producers.sim.simulation import Simulation
 from streams.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -78,9 +80,7 @@ def test_restore_at_several_points_gives_identical_outputs_on_collectives() -> N
 
 
 def test_restore_gives_identical_outputs_on_every_telemetry_source() -> None:
-    simulation = pytest.importorskip("producers.sim.simulation")
-    scenario = pytest.importorskip("producers.sim.scenario")
-    sim = simulation.Simulation(scenario.load_scenario("tp-straggler"), seed=3)
+    sim = Simulation(load_scenario("tp-straggler"), seed=3)
     frames = [(f.schema, f.record) for f in sim.frames(duration_s=10.0)]
     assert {s for s, _ in frames} >= {"CollectiveFrame", "GpuSampleFrame", "NicCounterFrame"}
     expected = _uninterrupted(frames, sim.topology)

@@ -38,6 +38,7 @@ def test_a_late_sample_is_not_a_step() -> None:
     ts = _grid(300)
     ts[150] += 300_000  # descheduled once: the grid did not move
     _feed(cadence, "node01/host", ts)
+    assert cadence.watched("node01/host")  # trusted: a step would have shown
     assert not cadence.stepped_near("node01/host", int(ts[150]), 10**12)
 
 
@@ -45,6 +46,7 @@ def test_lost_samples_are_not_steps() -> None:
     cadence = ClockCadence()
     ts = np.delete(_grid(400), [50, 51, 120, 260])
     _feed(cadence, "node01/host", ts)
+    assert cadence.watched("node01/host")
     assert not cadence.stepped_near("node01/host", int(ts[0]), 10**12)
 
 
@@ -62,4 +64,5 @@ def test_a_long_silence_re_anchors_instead_of_reading_as_a_step() -> None:
     before = _grid(100)
     after = _grid(100, start=5_000) + 3_333_333  # restarted sampler, another phase
     _feed(cadence, "node01/host", np.concatenate([before, after]))
+    assert cadence.watched("node01/host")
     assert not cadence.stepped_near("node01/host", int(after[0]), 10**12)

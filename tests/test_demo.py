@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import re
@@ -248,13 +247,8 @@ def test_demo_falls_back_to_the_in_process_detector_when_no_broker_can_be_had(
 
 # -- the live demo ------------------------------------------------------------------------
 def demo_command(*args: str) -> list[str]:
-    """``skewscope demo ...`` once skewscope/cli.py registers it, else the package's main."""
-    from skewscope.cli import build_parser
-
-    actions = build_parser()._actions
-    sub = next(a for a in actions if isinstance(a, argparse._SubParsersAction))
-    entry = ["skewscope.cli", "demo"] if "demo" in sub.choices else ["skewscope.demo"]
-    return [sys.executable, "-m", *entry, *args]
+    """``skewscope demo ...``, as the README runs it."""
+    return [sys.executable, "-m", "skewscope.cli", "demo", *args]
 
 
 def free_port() -> int:

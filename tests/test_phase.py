@@ -208,7 +208,7 @@ def test_gpus_behind_the_dpu_on_a_non_sampling_stage_yield_no_estimate() -> None
     inference = PhaseInference(_topo(stages=2))
     assert inference.unobservable_reason("node1") == ""  # the last stage samples
     estimates = _run(inference, _phases(100), node="node0")
-    assert all(e.phase == UNKNOWN and e.prefill_share is None for e in estimates)
+    assert estimates and all(e.phase == UNKNOWN and e.prefill_share is None for e in estimates)
     assert all("no sampling" in e.reason for e in estimates)
     assert "not in the topology" in inference.unobservable_reason("node9")
 

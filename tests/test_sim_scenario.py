@@ -84,7 +84,9 @@ def test_the_suites_router_weight_episodes_send_the_target_its_share() -> None:
     episodes = [
         e for e in make_suite(3, seed=0, duration_s=20) if e.condition == "ingress-imbalance"
     ]
-    for ep in [e for e in episodes if e.reference][:2]:
+    reference = [e for e in episodes if e.reference][:2]
+    assert len(reference) == 2
+    for ep in reference:
         (fault,) = [f for f in ep.faults if f.kind == "router-weight"]
         sim = Simulation(ep.scenario, seed=ep.seed)
         for _ in sim.frames(duration_s=fault.onset_s + 0.5):

@@ -107,8 +107,11 @@ def test_a_request_served_after_the_window_counts_as_waiting_whether_or_not_yet_
     assert before.ttft_p99_s("a", _window(end), SLO_NS) == value
 
 
-def _ratios(requests: list[tuple[int, int | None]], seconds: int) -> dict[float, float]:
-    """``requests.ttft_p99_over_slo_ratio`` of replica a per window end (s after T0)."""
+def _ratios(
+    requests: list[tuple[int, int | None]], seconds: int, feature: str = "ttft_p99_over_slo_ratio"
+) -> dict[float, float]:
+    """``requests.<feature>`` (by default the SLO harm ratio) of replica a per window end (s
+    after T0)."""
     det = Detector(load_runbook(), DetectorConfig(emit_features=True, anomaly_model=False))
     for rec in topology("a", nodes=1, gpus_per_node=1):
         rec["node"] = "node0"
@@ -120,7 +123,7 @@ def _ratios(requests: list[tuple[int, int | None]], seconds: int) -> dict[float,
         for o in det.process("EngineRequestFrame", frame):
             if o.schema == "FeatureWindow" and o.record["entity"] == "a":
                 end_s = (o.record["window_end_ns"] - T0_NS) / S
-                out[end_s] = o.record["features"].get("requests.ttft_p99_over_slo_ratio", 0.0)
+                out[end_s] = o.record["features"].get(f"requests.{feature}", 0.0)
     return out
 
 
@@ -135,6 +138,8 @@ def test_a_moments_breach_is_not_sustained_harm() -> None:
     slow = [(T0_NS + 2 * S + k * MS, T0_NS + 4100 * MS + k * MS) for k in range(3)]
     ratios = _ratios(_background(8) + slow, 8)
     assert ratios and max(ratios.values()) < 1.0
+    p99_s = _ratios(_background(8) + slow, 8, "ttft_p99_s")
+    assert sorted(end for end, v in p99_s.items() if v > 2.0) == [4.25, 4.5, 4.75, 5.0]
 
 
 def test_a_breach_held_for_two_seconds_is_sustained_harm() -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from models.utilization import Utilization
+from models.utilization import Utilization, _prefill_share
 
 TICK_NS = 10_000_000
 
@@ -46,5 +47,10 @@ def test_a_restarted_engine_counts_no_negative_prefill() -> None:
     frame = _frame(0, 300, running=0, kv=0.0, tokens_per_s=5000)
     frame["prompt_tokens_total"][150:] -= frame["prompt_tokens_total"][150]
     util.add("dep", frame)
-    assert util.summary()["prefill"] >= 0.0
+    # half capacity once a full second is behind a sample (ticks 100-149 and 250-299), 0
+    # before it and across the reset (ticks 150-249: the counter fell, nothing counted)
+    assert util.summary()["prefill"] == pytest.approx(100 * 0.5 / 300, abs=0.01)
+    ts = np.arange(300, dtype=np.int64) * TICK_NS
+    share = _prefill_share(ts, np.asarray(frame["prompt_tokens_total"]), 1e4)
+    assert share.min() == 0.0 and share[160] == 0.0 and share[120] == pytest.approx(0.5, abs=0.01)
     assert Utilization({}).summary()["busy"] == 0.0

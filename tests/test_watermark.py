@@ -47,7 +47,8 @@ def test_the_steps_survive_a_checkpoint_and_old_checkpoints_still_restore() -> N
     _frames(tracker, ("dep", "nic", "node0"), S, 5 * S)
     state = tracker.snapshot()
     again = WatermarkTracker.restore(state, 0, S)
-    assert again.timeout_ns(("dep", "nic", "node0")) == tracker.timeout_ns(("dep", "nic", "node0"))
+    assert tracker.timeout_ns(("dep", "nic", "node0")) == 2 * S  # learned: two 1 s steps
+    assert again.timeout_ns(("dep", "nic", "node0")) == 2 * S
     old = {k: v for k, v in state.items() if k not in ("steps", "frame_ends")}
     assert WatermarkTracker.restore(old, 0, S).timeout_ns(("dep", "nic", "node0")) == S
 
@@ -80,5 +81,5 @@ def test_one_second_frames_raise_no_silence_and_a_silent_source_is_still_found()
     assert _silences(1000, None) == []
     (silent,) = _silences(1000, 3.0)
     assert silent["entity"] == "node01#gpu"
-    # its last frame ended at 3 s; two of its 1 s steps later it is silent
-    assert silent["first_seen_ns"] - (load_scenario("clean").epoch_ns + 3 * S) <= 3 * S
+    # the record dates the silence from the source's last event: its last frame ended at 3 s
+    assert 0 <= load_scenario("clean").epoch_ns + 3 * S - silent["first_seen_ns"] < S // 10

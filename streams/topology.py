@@ -49,6 +49,9 @@ class RankPlace:
 @dataclass
 class Topology:
     ranks: dict[str, RankPlace] = field(default_factory=dict)
+    # deployment -> router pool, for the ranks mapping it was computed from (see pools())
+    _pools: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _pools_of: dict[str, RankPlace] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_records(cls, records: Iterable[dict[str, Any]]) -> Topology:
@@ -85,14 +88,26 @@ class Topology:
     def deployments(self) -> list[str]:
         return sorted({p.deployment for p in self.ranks.values()})
 
+    def pools(self) -> dict[str, str]:
+        """The router pool of every deployment (one pass over the ranks): the replicas one
+        router balances across, whose load the load-family conditions compare. Deployments
+        whose records name no pool have "" (together one pool: every replica this detector
+        holds, as before pools were named). Ranks of one deployment naming different pools
+        (a record in transit): the first name in sort order."""
+        ranks = self.ranks  # replaced, never changed in place, by update(): a snapshot
+        if self._pools_of is ranks:
+            return self._pools
+        out: dict[str, str] = {}
+        for p in ranks.values():
+            known = out.get(p.deployment)
+            if known is None or (p.router_pool and (not known or p.router_pool < known)):
+                out[p.deployment] = p.router_pool
+        self._pools, self._pools_of = out, ranks
+        return out
+
     def pool_of(self, deployment: str) -> str:
-        """The router pool of ``deployment``: the replicas one router balances across, whose
-        load the load-family conditions compare. Deployments whose records name no pool form
-        one pool (every replica this detector holds, as before pools were named). Ranks of
-        one deployment naming different pools (a record in transit): the first by name."""
-        pools = sorted({p.router_pool for p in self.ranks.values() if p.deployment == deployment})
-        named = [p for p in pools if p]
-        return named[0] if named else ""
+        """The router pool of ``deployment`` ("" when none is named or it is unknown)."""
+        return self.pools().get(deployment, "")
 
     def nodes(self) -> list[str]:
         return sorted({p.node for p in self.ranks.values()})

@@ -409,9 +409,10 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
     # The load family's peers are the other replicas of the same router pool: the copies of
     # one model that one router balances across. Another model's idle replica is no room for
     # this one's requests, and its prompts and prefill times are not this one's norm.
+    pool_of = topo.pools()
     pools: dict[str, list[EntityView]] = {}
     for view in out:
-        pools.setdefault(topo.pool_of(view.deployment), []).append(view)
+        pools.setdefault(pool_of.get(view.deployment, ""), []).append(view)
     for pool in pools.values():
         _add_pool_features(pool)
     return out

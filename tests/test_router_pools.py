@@ -95,6 +95,22 @@ def test_a_deployments_pool_is_the_one_its_ranks_name() -> None:
     assert topo.pool_of("a") == "llama"
 
 
+def test_the_pools_follow_the_topologys_updates() -> None:
+    topo = _topology({"a": "llama"})
+    assert topo.pools() == {"a": "llama"}
+    (b,) = topology("b", nodes=1, gpus_per_node=1)
+    b["router_pool"] = "mistral"
+    topo.update(b)
+    assert topo.pools() == {"a": "llama", "b": "mistral"}
+    # a rank of a naming another pool (a record in transit): the first name in sort order
+    moved = topology("a", nodes=1, gpus_per_node=2)[1]
+    moved["router_pool"] = "alpaca"
+    topo.update(moved)
+    assert topo.pool_of("a") == "alpaca"
+    topo.update({**b, "removed": True})
+    assert topo.pools() == {"a": "alpaca"}
+
+
 def test_a_topology_record_written_before_pools_decodes_with_no_pool() -> None:
     v1 = parse((SCHEMA_DIR / "history" / "topology_record.v1.avsc").read_text())
     old = Catalog()

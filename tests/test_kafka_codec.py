@@ -103,3 +103,28 @@ def test_confluent_key_lands_on_the_partition_faust_computes(
     expected = {key: faust_partitioner(key, all_partitions, all_partitions) for key in keys}
     assert landed == expected
     assert len(set(landed.values())) > 1  # the keys really spread
+
+
+def test_registry_wire_format_round_trips_through_the_broker(
+    settings: Settings, unique_topic: Callable[..., str]
+) -> None:
+    """With a schema registry configured, producers write the registry's wire format (magic
+    0, schema id) and consumers decode it by id: every schema through the real broker."""
+    topic = unique_topic("registry", partitions=2)
+    settings = dataclasses.replace(settings, schema_registry_url="mock://kafka-registry-test")
+    writer = AvroCodec(registry_url=settings.schema_registry_url)
+    reader = AvroCodec(registry_url=settings.schema_registry_url)
+    reader._registry = writer._registry  # one registry (the mock keeps a store per client)
+    records = {name: example(name) for name in ALL}
+    with EventProducer(settings, codec=writer) as producer:
+        for name, record in records.items():
+            producer.send(topic, "dep0", name, record)
+    consumer = DecodingConsumer(settings, [topic], group_id=f"g-{topic}", codec=reader)
+    events = _drain(consumer, len(ALL))
+    consumer.close()
+    assert consumer.dead_letters == 0
+    assert sorted(e.name for e in events) == sorted(ALL)
+    for event in events:
+        assert event.record == records[event.name], event.name
+    assert writer._registry.get_subjects() == [f"{topic}-value"]
+    assert writer.encode("Verdict", records["Verdict"], topic=topic)[0] == 0  # registry magic

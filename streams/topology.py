@@ -6,8 +6,9 @@ Fed by TopologyRecord events (the compacted topology topic, or a file); replicas
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 
@@ -49,9 +50,10 @@ class RankPlace:
 @dataclass
 class Topology:
     ranks: dict[str, RankPlace] = field(default_factory=dict)
-    # deployment -> router pool, for the ranks mapping it was computed from (see pools())
-    _pools: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
-    _pools_of: dict[str, RankPlace] | None = field(default=None, repr=False, compare=False)
+    # (the ranks mapping, deployment -> router pool computed from it): see pools()
+    _pools_cache: tuple[dict[str, RankPlace], Mapping[str, str]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_records(cls, records: Iterable[dict[str, Any]]) -> Topology:
@@ -88,22 +90,25 @@ class Topology:
     def deployments(self) -> list[str]:
         return sorted({p.deployment for p in self.ranks.values()})
 
-    def pools(self) -> dict[str, str]:
-        """The router pool of every deployment (one pass over the ranks): the replicas one
-        router balances across, whose load the load-family conditions compare. Deployments
-        whose records name no pool have "" (together one pool: every replica this detector
-        holds, as before pools were named). Ranks of one deployment naming different pools
-        (a record in transit): the first name in sort order."""
+    def pools(self) -> Mapping[str, str]:
+        """The router pool of every deployment (read-only; one pass over the ranks, kept
+        until the topology changes): the replicas one router balances across, which the
+        load family and the replicas' peer ratios compare. Deployments whose records name no
+        pool have "" (together one pool: every replica this detector holds, as before pools
+        were named). Ranks of one deployment naming different pools (a record in transit):
+        the first non-empty name in sort order."""
         ranks = self.ranks  # replaced, never changed in place, by update(): a snapshot
-        if self._pools_of is ranks:
-            return self._pools
+        cache = self._pools_cache  # one tuple: read and replaced atomically
+        if cache is not None and cache[0] is ranks:
+            return cache[1]
         out: dict[str, str] = {}
         for p in ranks.values():
             known = out.get(p.deployment)
             if known is None or (p.router_pool and (not known or p.router_pool < known)):
                 out[p.deployment] = p.router_pool
-        self._pools, self._pools_of = out, ranks
-        return out
+        pools = MappingProxyType(out)
+        self._pools_cache = (ranks, pools)
+        return pools
 
     def pool_of(self, deployment: str) -> str:
         """The router pool of ``deployment`` ("" when none is named or it is unknown)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from schemas.catalog import SCHEMA_DIR, Catalog, parse
 from schemas.codec import AvroCodec
@@ -109,6 +110,8 @@ def test_the_pools_follow_the_topologys_updates() -> None:
     assert topo.pool_of("a") == "alpaca"
     topo.update({**b, "removed": True})
     assert topo.pools() == {"a": "alpaca"}
+    with pytest.raises(TypeError):  # the cached map is shared: read-only
+        topo.pools()["a"] = "other"  # type: ignore[index]
 
 
 def test_a_topology_record_written_before_pools_decodes_with_no_pool() -> None:

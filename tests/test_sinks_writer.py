@@ -171,9 +171,10 @@ def test_history_stream_is_bounded(client: redis.Redis, sink_config: SinkConfig)
     writer = RedisWriter(client, dataclasses.replace(sink_config, history_maxlen=50))
     writer.write_many([(verdict(f"dep0/rank{i % 7}", i), 0) for i in range(1, 801)])
     length = client.xlen(writer.layout.history)
-    # MAXLEN ~ trims whole macro nodes (at most 100 entries each: stream-node-max-entries), so
-    # at least 50 and fewer than a node more stay of the 800
-    assert 50 <= length <= 50 + 100
+    # MAXLEN ~ trims whole macro nodes (stream-node-max-entries each, 100 by default), so at
+    # least 50 and at most a node more stay of the 800
+    node_entries = int(client.config_get("stream-node-max-entries")["stream-node-max-entries"])
+    assert 50 <= length <= 50 + node_entries < 800
 
 
 def test_freshness_moves_forward_only_and_heartbeat_sets_the_bound(

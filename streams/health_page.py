@@ -17,6 +17,10 @@ Health of an element, from what this worker's detector shards know:
   (the watermark's idle-source timeout): no data is not health;
 * ``healthy``: fresh data and no firing verdict.
 
+Each deployment also lists its router pool's other replicas in its shard and elsewhere: a
+replica whose pool peers are all on other shards cannot be judged for the load family (no
+peer to compare with), which the document states rather than letting it read as healthy.
+
 Limits: the page shows the partitions this worker owns (a group of several workers shows one
 page per worker); staleness compares this host's wall clock with event time, so a replay of
 old history reads ``unknown``; history is what this process saw since it started (at most
@@ -104,7 +108,10 @@ def health_document(
     silent_deps: dict[str, set[str]] = {}  # deployment -> nodes with a silent source
     watermark_ns = 0
     frames = windows = 0
+    held_with: dict[str, frozenset[str]] = {}  # deployment -> the deployments of its shard
     for detector in list(pool.shards.values()):
+        seen = frozenset(detector.deployments_seen())
+        held_with.update(dict.fromkeys(seen, seen))
         snap = detector.watermarks.snapshot()
         for stream, t_ns in snap["latest"]:  # type: ignore[attr-defined]
             dep = str(stream[0])
@@ -122,6 +129,7 @@ def health_document(
     named = _named(firing)
 
     topo = pool.topology
+    pool_of = topo.pools()
     dep_health: dict[str, tuple[str, str]] = {}
     deployments = []
     for dep in sorted(set(topo.deployments()) | set(latest)):
@@ -158,6 +166,7 @@ def health_document(
                 "health": health,
                 "reason": reason,
                 "staleness_s": None if age is None else round((now_ns - age) / 1e9, 3),
+                "pool": _pool_peers(dep, pool_of, held_with.get(dep)),
                 "ranks": ranks,
             }
         )
@@ -185,6 +194,27 @@ def health_document(
         "history": list(history.items) if history is not None else [],
         "stats": {"shards": len(pool.shards), "frames": frames, "windows_closed": windows},
     }
+
+
+def _pool_peers(
+    dep: str, pool_of: Mapping[str, str], shard: frozenset[str] | None
+) -> dict[str, Any]:
+    """The replicas the load family compares ``dep`` with: the others of its router pool in
+    its shard. A replica whose pool peers are all on other shards is not judged for load
+    conditions (no peer, no room to compare): shown, not read as healthy."""
+    name = pool_of.get(dep, "")
+    others = sorted(d for d, p in pool_of.items() if p == name and d != dep)
+    here = [d for d in others if shard is not None and d in shard]
+    elsewhere = [d for d in others if d not in here]
+    if shard is None:
+        judged = "not yet: no telemetry of this replica"
+    elif here:
+        judged = f"against {len(here)} peer(s) of its pool in its shard"
+    elif elsewhere:
+        judged = "no: its pool's other replicas are on other shards or silent"
+    else:
+        judged = "no: alone in its pool"
+    return {"name": name, "peers_in_shard": here, "peers_elsewhere": elsewhere, "load": judged}
 
 
 def _named(firing: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:

@@ -64,6 +64,36 @@ def test_throttled_rank_and_its_gpu_are_unhealthy_and_their_peers_healthy(
     assert [(h["change"], h["entity"]) for h in doc["history"]] == [("fired", "llama70b-a/rank5")]
 
 
+def test_the_page_names_each_replicas_pool_peers_in_its_shard(
+    straggling_pool: tuple[ShardPool, int],
+) -> None:
+    pool, now_ns = straggling_pool
+    deps = {d["name"]: d for d in health_document(pool, now_ns)["deployments"]}
+    assert deps["llama70b-a"]["pool"] == {
+        "name": "frontend",
+        "peers_in_shard": ["llama70b-b"],
+        "peers_elsewhere": [],
+        "load": "against 1 peer(s) of its pool in its shard",
+    }
+
+
+def test_a_replica_whose_pool_peers_are_on_another_shard_is_shown_unjudged_for_load() -> None:
+    """The two replicas on two partitions: each shard holds one, so neither has a peer to
+    compare its load with, and the page says so instead of showing nothing."""
+    now_ns = time.time_ns()
+    sim = Simulation(load_scenario("mixed"), seed=0, start_ns=now_ns - 4 * S)
+    pool = ShardPool()
+    for record in sim.topology:
+        pool.update_topology(record)
+    for frame in sim.frames(3.0):
+        pool.process(0 if frame.key == "llama70b-a" else 1, frame.schema, frame.record)
+    deps = {d["name"]: d for d in health_document(pool, now_ns)["deployments"]}
+    for name, peer in (("llama70b-a", "llama70b-b"), ("llama70b-b", "llama70b-a")):
+        assert deps[name]["pool"]["peers_in_shard"] == []
+        assert deps[name]["pool"]["peers_elsewhere"] == [peer]
+        assert deps[name]["pool"]["load"].startswith("no: its pool's other replicas")
+
+
 def test_old_data_reads_unknown_not_healthy(straggling_pool: tuple[ShardPool, int]) -> None:
     pool, now_ns = straggling_pool
     doc = health_document(pool, now_ns + 60 * S)

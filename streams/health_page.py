@@ -444,7 +444,8 @@ function render(doc) {
   deps.replaceChildren();
   for (const d of doc.deployments) {
     const c = card("deployment", d.name, d.health, d.reason +
-      (d.staleness_s === null ? "" : " (data " + d.staleness_s.toFixed(1) + " s old)"));
+      (d.staleness_s === null ? "" : " (data " + d.staleness_s.toFixed(1) + " s old)") +
+      (d.pool && d.pool.load.startsWith("no") ? "; load not judged: " + d.pool.load : ""));
     const cells = el("div", {"class": "cells"});
     for (const r of d.ranks) cells.appendChild(cell(r, "rank" + r.rank + " " + r.gpu));
     c.appendChild(cells); deps.appendChild(c);

@@ -77,9 +77,8 @@ def test_the_page_names_each_replicas_pool_peers_in_its_shard(
     }
 
 
-def test_a_replica_whose_pool_peers_are_on_another_shard_is_shown_unjudged_for_load() -> None:
-    """The two replicas on two partitions: each shard holds one, so neither has a peer to
-    compare its load with, and the page says so instead of showing nothing."""
+def _split_pool() -> tuple[ShardPool, int]:
+    """The mixed scenario's two replicas on two partitions (3 s): each shard holds one."""
     now_ns = time.time_ns()
     sim = Simulation(load_scenario("mixed"), seed=0, start_ns=now_ns - 4 * S)
     pool = ShardPool()
@@ -87,6 +86,13 @@ def test_a_replica_whose_pool_peers_are_on_another_shard_is_shown_unjudged_for_l
         pool.update_topology(record)
     for frame in sim.frames(3.0):
         pool.process(0 if frame.key == "llama70b-a" else 1, frame.schema, frame.record)
+    return pool, now_ns
+
+
+def test_a_replica_whose_pool_peers_are_on_another_shard_is_shown_unjudged_for_load() -> None:
+    """Neither replica has a peer in its shard to compare its load with, and the page says
+    so instead of showing nothing."""
+    pool, now_ns = _split_pool()
     deps = {d["name"]: d for d in health_document(pool, now_ns)["deployments"]}
     for name, peer in (("llama70b-a", "llama70b-b"), ("llama70b-b", "llama70b-a")):
         assert deps[name]["pool"]["peers_in_shard"] == []
@@ -121,6 +127,15 @@ def test_page_is_self_contained_and_embeds_the_first_document(
     assert "@import" not in html and "url(" not in html
     assert 'fetch("health.json"' in html and "setInterval(poll, 1000)" in html
     assert "llama70b-a/rank5" in html.split('<script id="initial"', 1)[1]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_the_page_draws_the_unjudged_load_of_a_split_pool(tmp_path: Any) -> None:
+    pool, now_ns = _split_pool()
+    page = tmp_path / "health.html"
+    page.write_text(page_html(health_document(pool, now_ns)))
+    dom = _dump_dom(page.as_uri())
+    assert dom.count("load not judged: no: its pool's other replicas") == 2
 
 
 def _dump_dom(url: str) -> str:

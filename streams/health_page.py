@@ -130,6 +130,9 @@ def health_document(
 
     topo = pool.topology
     pool_of = topo.pools()
+    members: dict[str, list[str]] = {}  # router pool -> its deployments, sorted
+    for dep, name in sorted(pool_of.items()):
+        members.setdefault(name, []).append(dep)
     dep_health: dict[str, tuple[str, str]] = {}
     deployments = []
     for dep in sorted(set(topo.deployments()) | set(latest)):
@@ -166,7 +169,7 @@ def health_document(
                 "health": health,
                 "reason": reason,
                 "staleness_s": None if age is None else round((now_ns - age) / 1e9, 3),
-                "pool": _pool_peers(dep, pool_of, held_with.get(dep)),
+                "pool": _pool_peers(dep, pool_of.get(dep, ""), members, held_with.get(dep)),
                 "ranks": ranks,
             }
         )
@@ -197,13 +200,12 @@ def health_document(
 
 
 def _pool_peers(
-    dep: str, pool_of: Mapping[str, str], shard: frozenset[str] | None
+    dep: str, name: str, members: Mapping[str, list[str]], shard: frozenset[str] | None
 ) -> dict[str, Any]:
-    """The replicas the load family compares ``dep`` with: the others of its router pool in
-    its shard. A replica whose pool peers are all on other shards is not judged for load
-    conditions (no peer, no room to compare): shown, not read as healthy."""
-    name = pool_of.get(dep, "")
-    others = sorted(d for d, p in pool_of.items() if p == name and d != dep)
+    """The replicas the load family compares ``dep`` with: the others of its router pool
+    ``name`` in its shard. A replica whose pool peers are all on other shards is not judged
+    for load conditions (no peer, no room to compare): shown, not read as healthy."""
+    others = [d for d in members.get(name, ()) if d != dep]
     here = [d for d in others if shard is not None and d in shard]
     elsewhere = [d for d in others if d not in here]
     if shard is None:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,18 +25,24 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
 S = 1_000_000_000
 
 
+def _mixed(seconds: int, partition: Callable[[str], int]) -> tuple[ShardPool, int]:
+    """The mixed scenario's first ``seconds`` through a shard pool, each frame on the
+    partition ``partition(key)`` names; its data ends 1 s before the returned wall time."""
+    now_ns = time.time_ns()
+    sim = Simulation(load_scenario("mixed"), seed=0, start_ns=now_ns - (seconds + 1) * S)
+    pool = ShardPool()
+    for record in sim.topology:
+        pool.update_topology(record)
+    for frame in sim.frames(float(seconds)):
+        pool.process(partition(frame.key), frame.schema, frame.record)
+    return pool, now_ns
+
+
 @pytest.fixture(scope="module")
 def straggling_pool() -> tuple[ShardPool, int]:
     """The mixed scenario's first 8 s through the detector: rank5 of llama70b-a is throttled
     from 5.3 s. Returns the pool and the wall time at which its data is fresh."""
-    now_ns = time.time_ns()
-    sim = Simulation(load_scenario("mixed"), seed=0, start_ns=now_ns - 9 * S)
-    pool = ShardPool()
-    for record in sim.topology:
-        pool.update_topology(record)
-    for frame in sim.frames(8.0):
-        pool.process(partition_for(frame.key.encode(), 4), frame.schema, frame.record)
-    return pool, now_ns
+    return _mixed(8, lambda key: partition_for(key.encode(), 4))
 
 
 def _by_entity(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -79,14 +86,7 @@ def test_the_page_names_each_replicas_pool_peers_in_its_shard(
 
 def _split_pool() -> tuple[ShardPool, int]:
     """The mixed scenario's two replicas on two partitions (3 s): each shard holds one."""
-    now_ns = time.time_ns()
-    sim = Simulation(load_scenario("mixed"), seed=0, start_ns=now_ns - 4 * S)
-    pool = ShardPool()
-    for record in sim.topology:
-        pool.update_topology(record)
-    for frame in sim.frames(3.0):
-        pool.process(0 if frame.key == "llama70b-a" else 1, frame.schema, frame.record)
-    return pool, now_ns
+    return _mixed(3, lambda key: 0 if key == "llama70b-a" else 1)
 
 
 def test_a_replica_whose_pool_peers_are_on_another_shard_is_shown_unjudged_for_load() -> None:

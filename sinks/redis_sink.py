@@ -12,6 +12,9 @@ starts a new epoch, i.e. a new group that reads the compacted topic from the beg
 rebuilds Redis. Sinks sharing one Redis agree on the epoch; an abandoned group's offsets
 expire with the broker's ``offsets.retention.minutes``.
 
+Redis errors that pass (unreachable, loading, READONLY after a failover, OOM at maxmemory,
+NOSCRIPT) are retried with backoff; other errors stop the sink with their message.
+
 Limits: while Redis is down the sink does not poll Kafka; past the consumer's
 ``max.poll.interval.ms`` (5 min by default) the broker moves its partitions away and the
 commit after recovery fails, which is logged and harmless (those verdicts are read again).
@@ -26,6 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 import redis
+from confluent_kafka import KafkaException
 
 from sinks.config import SinkConfig
 from sinks.connection import redacted_url
@@ -37,7 +41,16 @@ from skewscope.kafka.consumer import DecodingConsumer, Event
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# Redis cannot take the writes now but will: unreachable, loading its dataset, a replica
+# after a failover (READONLY), at maxmemory (OOM), its script cache flushed (NOSCRIPT).
+_RETRYABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.NoScriptError,
+)
 
 
 class RedisSink:
@@ -71,6 +84,7 @@ class RedisSink:
         self.poll_timeout_s = poll_timeout_s
         self.written = 0
         self.retries = 0
+        self.commit_failures = 0
         self.epochs_started = 0
         self.epoch = ""
         self._url = redacted_url(settings.redis_url)
@@ -110,8 +124,19 @@ class RedisSink:
         if events:
             if not self._retry(lambda: self._write(events), stop):
                 return 0
-            self._consumer.commit()
+            self._commit()
         return len(events)
+
+    def _commit(self) -> None:
+        """Commit the written batch. A refused commit (the group rebalanced, or our member
+        was dropped after a long Redis outage) is logged: those verdicts are read again and
+        re-applied, which the version check makes harmless."""
+        assert self._consumer is not None
+        try:
+            self._consumer.commit()
+        except KafkaException as exc:
+            self.commit_failures += 1
+            log.warning("redis sink: offset commit refused (%s); the batch will be read again", exc)
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
 from sinks.config import SinkConfig
@@ -131,3 +132,49 @@ def test_restarted_sink_resumes_from_committed_offsets(
         second.close()
     assert first.sink.written == 40
     assert second.sink.written == 20  # only what the first sink had not committed
+
+
+def test_a_failover_that_leaves_redis_read_only_is_waited_out(
+    settings: Settings, topic: str, server: PrivateRedis
+) -> None:
+    """The server turns into a replica of a master that is not there (writes answer
+    READONLY, as after a failover the sink's address now points at a replica) and back: the
+    sink backs off instead of dying, and writes what came meanwhile once it can."""
+    test_settings = dataclasses.replace(settings, redis_url=server.url)
+    config = sink_config()
+    publisher = VerdictPublisher(test_settings, topic=topic)
+    admin = redis.Redis.from_url(server.url)
+    runner = SinkThread(test_settings, config, topic)
+    try:
+        for i in range(10):
+            publisher.publish(verdict(f"dep0/rank{i}", 1))
+        publisher.flush()
+        wait_until(lambda: len(stored_versions(server.url, config)) == 10, 60, "first 10")
+        admin.replicaof("127.0.0.1", str(server.port + 1))  # nobody listens there
+        for i in range(10, 20):
+            publisher.publish(verdict(f"dep0/rank{i}", 1))
+        publisher.flush()
+        wait_until(lambda: runner.sink.retries > 0, 30, "the sink to meet READONLY")
+        assert runner.thread.is_alive()
+        admin.replicaof("NO", "ONE")
+        wait_until(lambda: len(stored_versions(server.url, config)) == 20, 60, "all 20")
+    finally:
+        runner.close()
+        admin.close()
+    assert runner.sink.epochs_started == 1  # the data stayed: no rebuild
+
+
+def test_a_refused_offset_commit_is_logged_and_the_sink_goes_on() -> None:
+    """A commit the group refuses (a rebalance, or a member dropped after a long Redis
+    outage) must not stop the sink: the batch is read again and re-applied harmlessly."""
+    sink = RedisSink(
+        Settings(), sink_config(), redis.Redis(port=1), metrics=SinkMetrics(CollectorRegistry())
+    )
+
+    class RefusingConsumer:
+        def commit(self) -> None:
+            raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
+
+    sink._consumer = RefusingConsumer()  # type: ignore[assignment]
+    sink._commit()
+    assert sink.commit_failures == 1

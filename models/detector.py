@@ -14,6 +14,7 @@ the same outputs as live did, whatever the wall clock does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,11 @@ class DetectorConfig:
     clock_step_attribution_ns: int = 3_000_000_000
     # Load-family shares are judged over this longer window (as a router would see them).
     share_window_ns: int = 10_000_000_000
+    # When the watermark jumps over a stretch no source reported on (every source paused,
+    # or one frame dated far ahead), the windows of this long after the last closed one are
+    # closed (the last data leaves them, verdicts resolve) and the empty ones up to the
+    # last before the watermark are skipped: a jump of a year is not 126 million closes.
+    gap_drain_ns: int = 15_000_000_000
     # A replica the router sent no request in this long is out of rotation (drained, or at
     # weight 0): not a peer with room for the load family (streams/views.py).
     rotation_window_ns: int = 3_000_000_000
@@ -79,6 +85,7 @@ class DetectorStats:
     samples: int = 0
     late_frames: int = 0
     windows_closed: int = 0
+    windows_skipped: int = 0  # empty windows of a watermark jump, not closed (advance())
     verdicts: int = 0
     ignored_frames: int = 0
 
@@ -172,10 +179,24 @@ class Detector:
             # Start with the first full window after the earliest data.
             self._last_closed_pane = watermark_ns // spec.hop_ns - 1
             return outputs
-        for last_pane in spec.closable_panes(self._last_closed_pane, watermark_ns):
+        for last_pane in self._skipping_a_gap(
+            spec.closable_panes(self._last_closed_pane, watermark_ns)
+        ):
             outputs += self._close_window(last_pane)
             self._last_closed_pane = last_pane
         return outputs
+
+    def _skipping_a_gap(self, panes: range) -> Sequence[int]:
+        """The windows to close: all, unless the watermark jumped further than twice
+        ``gap_drain_ns``. Then the first ``gap_drain_ns`` of them and the last window; the
+        ones between are empty, as the watermark trails the newest source by at most its
+        idle timeout (a lagging source turns silent), so everything ingested before the
+        jump lies in the first few. Skipped windows emit nothing, heartbeats included."""
+        drain = max(1, self.config.gap_drain_ns // self.config.window.hop_ns)
+        if len(panes) <= 2 * drain:
+            return panes
+        self.stats.windows_skipped += len(panes) - drain - 1
+        return [*panes[:drain], panes[-1]]
 
     def flush(self) -> list[Output]:
         """Close the windows the data reaches (end of a replay or capture): up to the one whose

@@ -51,7 +51,8 @@ MAGIC = b"SKCK"
 # panes prompt_tokens_max
 # 7: the last-arriver baseline keeps its durations in ns and the hop they are counted in
 # 8: the request join keeps each first token's (arrival, first token) by pane, for the p99 TTFT
-FORMAT_VERSION = 8
+# 9: the detector's stats count the windows a watermark jump skipped (windows_skipped)
+FORMAT_VERSION = 9
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 

@@ -46,7 +46,8 @@ class SinkMetrics:
         )
         self.dead_letters = Counter(
             "skewscope_dead_letters",
-            "Messages sent to the dead-letter topic, by consumer.",
+            "Messages sent to the dead-letter topic, by consumer ('<consumer>-unsent': bad "
+            "messages whose dead letter could not be sent, logged as errors).",
             ["consumer"],
             registry=registry,
         )

@@ -31,7 +31,7 @@ from models.detector import DetectorConfig, Output
 from schemas.errors import CodecError
 from sinks.metrics import METRICS, REGISTRY
 from skewscope.config import Settings
-from skewscope.kafka.producer import EventProducer
+from skewscope.kafka.producer import DeliveryError, EventProducer
 from streams.health_page import register_health_page
 from streams.recovery import Admit, ShardRecovery
 from streams.shards import ShardPool
@@ -107,19 +107,41 @@ def build_app(
     app.skewscope_recovery = recovery  # type: ignore[attr-defined]
     app.skewscope_stats = {"verdicts": 0, "dead_letters": 0, "frames": 0}  # type: ignore[attr-defined]
 
+    # Sends the broker has not confirmed yet, of this batch and the ones before it.
+    unconfirmed: list[Any] = []
+
     async def publish(outputs: list[Output], wait: bool = False) -> None:
-        """Send outputs; with ``wait``, return only once the broker has them all."""
-        sent = []
+        """Send outputs; with ``wait``, return only once the broker has them all and every
+        earlier send too (a checkpoint must not cover a verdict whose send failed: the
+        gather raises, no checkpoint is written, and a restart re-emits it)."""
         for out in outputs:
             value = pool.codec.encode(out.schema, out.record)
             target = verdicts if out.schema == "Verdict" else features
-            sent.append(await target.send(key=out.key.encode(), value=value))
+            unconfirmed.append(await target.send(key=out.key.encode(), value=value))
             if out.schema == "Verdict":
                 app.skewscope_stats["verdicts"] += 1  # type: ignore[attr-defined]
                 if out.record["condition"] != "heartbeat":
                     METRICS.verdicts.labels(out.record["condition"], out.record["state"]).inc()
-        if wait and sent:
-            await asyncio.gather(*sent)
+        if wait and unconfirmed:
+            pending = list(unconfirmed)
+            unconfirmed.clear()
+            await asyncio.gather(*pending)
+        else:  # forget the confirmed ones; a failed one stays for the next wait to raise
+            unconfirmed[:] = [
+                f for f in unconfirmed if not f.done() or f.cancelled() or f.exception() is not None
+            ]
+
+    dead_letter_failures = {"reported": 0}
+
+    async def flush_dead_letters() -> None:
+        """Before a checkpoint covers a bad message, its dead letter is on the broker (or its
+        failure logged): a crash right after the checkpoint cannot lose it silently."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, dlq.flush, 10.0)
+        except DeliveryError as err:
+            if dlq.stats.failed > dead_letter_failures["reported"]:
+                dead_letter_failures["reported"] = dlq.stats.failed
+                log.error("dead letters could not be delivered: %s", err)
 
     async def save_checkpoint(partition: int) -> None:
         # Written only after the outputs it covers are on the broker: a crash in between
@@ -218,6 +240,7 @@ def build_app(
                 if recovery.due(partition):
                     await publish(outputs, wait=True)
                     outputs = []
+                    await flush_dead_letters()
                     await save_checkpoint(partition)
             app.skewscope_stats["frames"] += len(events)  # type: ignore[attr-defined]
             await publish(outputs)
@@ -300,25 +323,39 @@ class _ReadOffsets(defaultdict[Any, int | None]):
         return super().__getitem__(tp)
 
 
+# A dead letter carries the bad message; past the producer's message.max.bytes (1 MB by
+# default) only its first bytes, so the letter itself still fits.
+DEAD_LETTER_VALUE_MAX_BYTES = 900_000
+
+
 def _dead_letter(dlq: EventProducer, settings: Settings, message: Any, exc: Exception) -> None:
+    """Send a bad message to the dead-letter topic with the reason. A letter the producer
+    refuses (too large) goes again with the value cut; one that still cannot go is logged
+    as an error and counted: the worker goes on either way."""
     reason = (
         f"topic {message.topic}: message at offset {message.offset} "
         f"(partition {message.partition}): {exc}"
     )
     log.warning("%s; sent to %s", reason, settings.topics.dead_letter)
-    dlq.send(
-        settings.topics.dead_letter,
-        message.key,
-        "DeadLetter",
-        {
-            "topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-            "key": message.key,
-            "value": message.value,
-            "error_type": type(exc).__name__,
-            "reason": str(exc),
-            "consumer": "worker",
-            "failed_at_ns": time.time_ns(),
-        },
-    )
+    value = message.value or b""
+    record = {
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "key": message.key,
+        "value": value,
+        "error_type": type(exc).__name__,
+        "reason": str(exc),
+        "consumer": "worker",
+        "failed_at_ns": time.time_ns(),
+    }
+    if len(value) > DEAD_LETTER_VALUE_MAX_BYTES:
+        record["value"] = value[:DEAD_LETTER_VALUE_MAX_BYTES]
+        record["reason"] = (
+            f"{exc} (value cut to its first {DEAD_LETTER_VALUE_MAX_BYTES} of {len(value)} bytes)"
+        )
+    try:
+        dlq.send(settings.topics.dead_letter, message.key, "DeadLetter", record)
+    except Exception as err:  # the letter is lost, the worker must not be
+        log.error("%s; could NOT be dead-lettered (%s: %s)", reason, type(err).__name__, err)
+        METRICS.dead_letters.labels("worker-unsent").inc()

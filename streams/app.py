@@ -31,6 +31,7 @@ from models.detector import DetectorConfig, Output
 from schemas.errors import CodecError
 from sinks.metrics import METRICS, REGISTRY
 from skewscope.config import Settings
+from skewscope.kafka.dead_letters import send_dead_letter
 from skewscope.kafka.producer import DeliveryError, EventProducer
 from streams.health_page import register_health_page
 from streams.recovery import Admit, ShardRecovery
@@ -323,39 +324,19 @@ class _ReadOffsets(defaultdict[Any, int | None]):
         return super().__getitem__(tp)
 
 
-# A dead letter carries the bad message; past the producer's message.max.bytes (1 MB by
-# default) only its first bytes, so the letter itself still fits.
-DEAD_LETTER_VALUE_MAX_BYTES = 900_000
-
-
 def _dead_letter(dlq: EventProducer, settings: Settings, message: Any, exc: Exception) -> None:
-    """Send a bad message to the dead-letter topic with the reason. A letter the producer
-    refuses (too large) goes again with the value cut; one that still cannot go is logged
-    as an error and counted: the worker goes on either way."""
-    reason = (
-        f"topic {message.topic}: message at offset {message.offset} "
-        f"(partition {message.partition}): {exc}"
+    """A bad message to the dead-letter topic (cut to fit, or logged when it cannot go:
+    skewscope.kafka.dead_letters); the worker goes on either way."""
+    sent = send_dead_letter(
+        dlq,
+        settings.topics.dead_letter,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        exc=exc,
+        consumer="worker",
     )
-    log.warning("%s; sent to %s", reason, settings.topics.dead_letter)
-    value = message.value or b""
-    record = {
-        "topic": message.topic,
-        "partition": message.partition,
-        "offset": message.offset,
-        "key": message.key,
-        "value": value,
-        "error_type": type(exc).__name__,
-        "reason": str(exc),
-        "consumer": "worker",
-        "failed_at_ns": time.time_ns(),
-    }
-    if len(value) > DEAD_LETTER_VALUE_MAX_BYTES:
-        record["value"] = value[:DEAD_LETTER_VALUE_MAX_BYTES]
-        record["reason"] = (
-            f"{exc} (value cut to its first {DEAD_LETTER_VALUE_MAX_BYTES} of {len(value)} bytes)"
-        )
-    try:
-        dlq.send(settings.topics.dead_letter, message.key, "DeadLetter", record)
-    except Exception as err:  # the letter is lost, the worker must not be
-        log.error("%s; could NOT be dead-lettered (%s: %s)", reason, type(err).__name__, err)
+    if not sent:
         METRICS.dead_letters.labels("worker-unsent").inc()

@@ -11,7 +11,8 @@ from confluent_kafka import KafkaError, KafkaException
 
 from schemas.errors import MalformedRecordError
 from skewscope.config import Settings
-from streams.app import DEAD_LETTER_VALUE_MAX_BYTES, _dead_letter
+from skewscope.kafka.dead_letters import VALUE_MAX_BYTES
+from streams.app import _dead_letter
 
 
 class _Recording:
@@ -36,7 +37,7 @@ def test_a_bad_message_near_the_size_limit_is_dead_lettered_cut_to_fit() -> None
     _dead_letter(dlq, Settings(), _message(999_500), MalformedRecordError("not a frame"))  # type: ignore[arg-type]
     ((topic, key, schema, record),) = dlq.sent
     assert (topic, key, schema) == (Settings().topics.dead_letter, b"dep0", "DeadLetter")
-    assert len(record["value"]) == DEAD_LETTER_VALUE_MAX_BYTES
+    assert len(record["value"]) == VALUE_MAX_BYTES
     assert "cut to its first 900000 of 999500 bytes" in record["reason"]
     assert record["offset"] == 41 and record["error_type"] == "MalformedRecordError"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ from schemas.codec import AvroCodec
 from schemas.errors import CodecError
 from skewscope.config import Settings
 from skewscope.kafka.client_config import base_config
+from skewscope.kafka.dead_letters import send_dead_letter
 from skewscope.kafka.producer import EventProducer
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class DecodingConsumer:
         self.codec = codec or AvroCodec(registry_url=settings.schema_registry_url)
         self.name = name
         self.dead_letters = 0
+        self.dead_letters_unsent = 0  # bad messages whose dead letter could not be sent
         conf = base_config(settings)
         conf.update(
             {
@@ -137,26 +138,19 @@ class DecodingConsumer:
         return events
 
     def _dead_letter(self, msg: Message, exc: CodecError) -> None:
-        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-        reason = f"topic {topic}: message at offset {offset} (partition {partition}): {exc}"
-        log.warning("%s; sent to %s", reason, self.settings.topics.dead_letter)
-        self._dlq.send(
+        sent = send_dead_letter(
+            self._dlq,
             self.settings.topics.dead_letter,
-            msg.key(),
-            "DeadLetter",
-            {
-                "topic": topic,
-                "partition": partition,
-                "offset": offset,
-                "key": msg.key(),
-                "value": msg.value(),
-                "error_type": type(exc).__name__,
-                "reason": str(exc),
-                "consumer": self.name,
-                "failed_at_ns": time.time_ns(),
-            },
+            topic=msg.topic() or "",
+            partition=msg.partition() or 0,
+            offset=msg.offset() or 0,
+            key=msg.key(),
+            value=msg.value(),
+            exc=exc,
+            consumer=self.name,
         )
         self.dead_letters += 1
+        self.dead_letters_unsent += not sent
 
     def commit(self) -> None:
         """Flush dead letters, then commit consumed offsets (at-least-once, nothing lost)."""

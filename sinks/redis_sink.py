@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 from confluent_kafka import KafkaException
@@ -122,7 +123,8 @@ class RedisSink:
         events = self._consumer.poll_batch(self.batch_size, poll_timeout_s)
         self._count_dead_letters()
         if events:
-            if not self._retry(lambda: self._write(events), stop):
+            items = self._usable(events)
+            if items and not self._retry(lambda: self._write(items), stop):
                 return 0
             self._commit()
         return len(events)
@@ -171,24 +173,29 @@ class RedisSink:
         self._dead_letters_seen = 0
         log.info("redis sink: consuming %s as group %s", self.topic, self.group_id)
 
-    def _write(self, events: Sequence[Event]) -> None:
+    def _usable(self, events: Sequence[Event]) -> list[tuple[dict[str, Any], int]]:
+        """The verdicts Redis can take, as (record, Kafka timestamp); the others go to the
+        dead-letter topic once (before the retries of a write), with the reason."""
         items = []
         for event in events:
             try:
                 self.writer.script_args(event.record, event.timestamp_ms)
             except InvalidVerdictError as exc:
                 log.error(
-                    "topic %s partition %d offset %d: %s; skipped (fix the producer)",
+                    "topic %s partition %d offset %d: %s; dead-lettered (fix the producer)",
                     event.topic,
                     event.partition,
                     event.offset,
                     exc,
                 )
                 self.metrics.sink_writes.labels(result="invalid").inc()
+                assert self._consumer is not None
+                self._consumer.dead_letter(event, exc)
                 continue
             items.append((event.record, event.timestamp_ms))
-        if not items:
-            return
+        return items
+
+    def _write(self, items: Sequence[tuple[dict[str, Any], int]]) -> None:
         results = self.writer.write_many(items)
         acked_s = time.time()
         applied = sum(r.applied for r in results)

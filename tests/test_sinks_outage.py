@@ -25,6 +25,8 @@ from sinks.redis_layout import RedisLayout, as_text
 from sinks.redis_sink import RedisSink
 from sinks.verdict_topic import VERDICT_TOPIC_CONFIG, VerdictPublisher
 from skewscope.config import Settings
+from skewscope.kafka.consumer import DecodingConsumer, Event
+from skewscope.kafka.producer import EventProducer
 from tests.test_sinks_support import PrivateRedis, private_redis, verdict, wait_until
 
 
@@ -178,3 +180,35 @@ def test_a_refused_offset_commit_is_logged_and_the_sink_goes_on() -> None:
     sink._consumer = RefusingConsumer()  # type: ignore[assignment]
     sink._commit()
     assert sink.commit_failures == 1
+
+
+def test_a_verdict_redis_cannot_take_goes_to_the_dead_letter_topic_with_its_reason(
+    settings: Settings, topic: str, server: PrivateRedis, unique_topic: Callable[..., str]
+) -> None:
+    dlq = unique_topic("dlq")
+    test_settings = dataclasses.replace(
+        settings,
+        redis_url=server.url,
+        topics=dataclasses.replace(settings.topics, dead_letter=dlq),
+    )
+    config = sink_config()
+    with EventProducer(test_settings) as producer:
+        producer.send(topic, "dep0/rank1", "Verdict", verdict("dep0/rank1", 1, ttl_ns=0))
+        for i in range(2, 6):
+            producer.send(topic, f"dep0/rank{i}", "Verdict", verdict(f"dep0/rank{i}", 1))
+    runner = SinkThread(test_settings, config, topic)
+    try:
+        wait_until(lambda: len(stored_versions(server.url, config)) == 4, 60, "the valid 4")
+    finally:
+        runner.close()
+    reader = DecodingConsumer(test_settings, [dlq], group_id=f"g-{dlq}")
+    letters: list[Event] = []
+    for _ in range(40):
+        letters += reader.poll_batch(10, timeout_s=0.5)
+        if letters:
+            break
+    reader.close()
+    (letter,) = letters
+    assert letter.record["error_type"] == "InvalidVerdictError"
+    assert "ttl_ns=0" in letter.record["reason"] and letter.record["consumer"] == "redis-sink"
+    assert letter.record["topic"] == topic and letter.record["key"] == b"dep0/rank1"

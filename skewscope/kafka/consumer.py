@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -30,6 +30,7 @@ class Event:
     name: str
     record: dict[str, Any]
     timestamp_ms: int
+    value: bytes = field(default=b"", repr=False)  # the message as it came (dead letters)
 
 
 class DecodingConsumer:
@@ -133,9 +134,27 @@ class DecodingConsumer:
                     name=decoded.name,
                     record=decoded.record,
                     timestamp_ms=msg.timestamp()[1],
+                    value=msg.value() or b"",
                 )
             )
         return events
+
+    def dead_letter(self, event: Event, exc: Exception) -> None:
+        """A message that decoded but its reader cannot use (``exc`` says why) to the
+        dead-letter topic; :meth:`commit` flushes it before it commits the offset."""
+        sent = send_dead_letter(
+            self._dlq,
+            self.settings.topics.dead_letter,
+            topic=event.topic,
+            partition=event.partition,
+            offset=event.offset,
+            key=event.key,
+            value=event.value,
+            exc=exc,
+            consumer=self.name,
+        )
+        self.dead_letters += 1
+        self.dead_letters_unsent += not sent
 
     def _dead_letter(self, msg: Message, exc: CodecError) -> None:
         sent = send_dead_letter(

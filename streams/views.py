@@ -420,7 +420,12 @@ def _replica_views(inputs: WindowInputs, topo: Topology) -> list[EntityView]:
 
 def _add_pool_features(pool: list[EntityView]) -> None:
     """Features that compare each replica with the others of its router pool."""
-    arrivals = [v.features.get("requests.arrivals_long", 0.0) for v in pool]
+    # The mean over the replicas whose requests this detector reads (an idle one counts,
+    # with 0): a replica of the pool held by another shard, or not heard from yet, has no
+    # request window here, and counting it as 0 would inflate every local share.
+    arrivals = [
+        v.features["requests.arrivals_long"] for v in pool if "requests.arrivals_long" in v.features
+    ]
     mean_arrivals = float(np.mean(arrivals)) if arrivals else 0.0
     # The pool's prompt tokens per request, weighted by requests (not the mean of the
     # replicas' means): a replica that also receives more requests weighs in with them, as

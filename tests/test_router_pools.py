@@ -125,3 +125,14 @@ def test_a_topology_record_written_before_pools_decodes_with_no_pool() -> None:
     assert decoded["router_pool"] == ""
     assert decoded["deployment"] == "a"
     assert Topology.from_records([decoded]).pool_of("a") == ""
+
+
+def test_a_pool_replica_held_by_another_shard_does_not_dilute_the_shares() -> None:
+    """c is in a's pool but its telemetry goes to another shard: no request window here. a's
+    request share is over the replicas this detector reads (20 of 30 against a mean of 15),
+    not 20 against a mean of 10 with c counted as idle."""
+    engine = {"a": BUSY, "b": IDLE}
+    requests = {"a": _requests(20.0, 1000.0), "b": _requests(10.0, 1000.0)}
+    views = _replicas({"a": "llama", "b": "llama", "c": "llama"}, engine, requests)
+    assert np.isclose(views["a"].features["requests.arrivals_share_ratio"], 20.0 / 15.0)
+    assert "requests.arrivals_share_ratio" not in views["c"].features

@@ -132,6 +132,7 @@ class Detector:
         self._silent: set[tuple[str, str, str]] = set()
         self._late_events = 0
         self._last_heartbeat_ns = 0
+        self._held_cache: tuple[dict[str, Any], frozenset[str], Topology] | None = None
 
     # -- input ------------------------------------------------------------------------
     def process(self, schema: str, record: dict[str, Any]) -> list[Output]:
@@ -279,7 +280,7 @@ class Detector:
             window_s=spec.size_ns / 1e9,
             frontend_node=dict(self.requests.frontend_node),
         )
-        views = build_views(inputs, self.topology)
+        views = build_views(inputs, self._held_topology())
         self.last_arrivers.annotate(views)
         findings = self.rules.evaluate(views)
         if self.anomaly is not None:
@@ -296,6 +297,21 @@ class Detector:
         if self.config.emit_features:
             outputs += [self._feature_window(v, end_ns) for v in views if v.features]
         return outputs
+
+    def _held_topology(self) -> Topology:
+        """The topology of the deployments this shard reads telemetry of. Every worker holds
+        the whole fleet's topology, and building every rank's, node's and replica's view of
+        it on every window (several scans of all ranks per node and per deployment) grew
+        with the fleet on every shard; the views need this shard's deployments only.
+        Rebuilt when the topology or the deployments change."""
+        ranks = self.topology.ranks
+        held = frozenset(str(stream[0]) for stream in self.watermarks.streams())  # type: ignore[index]
+        cached = self._held_cache
+        if cached is not None and cached[0] is ranks and cached[1] == held:
+            return cached[2]
+        topo = Topology({k: p for k, p in ranks.items() if p.deployment in held})
+        self._held_cache = (ranks, held, topo)
+        return topo
 
     def _heartbeats(self, end_ns: int) -> list[Output]:
         """Per deployment of this shard: telemetry seen up to ``end_ns`` (freshness)."""

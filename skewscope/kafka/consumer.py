@@ -30,7 +30,7 @@ class Event:
     name: str
     record: dict[str, Any]
     timestamp_ms: int
-    value: bytes = field(default=b"", repr=False)  # the message as it came (dead letters)
+    value: bytes | None = field(default=None, repr=False)  # the message as it came
 
 
 class DecodingConsumer:
@@ -134,7 +134,7 @@ class DecodingConsumer:
                     name=decoded.name,
                     record=decoded.record,
                     timestamp_ms=msg.timestamp()[1],
-                    value=msg.value() or b"",
+                    value=msg.value(),
                 )
             )
         return events

@@ -34,9 +34,9 @@ def send_dead_letter(
     """Produce the DeadLetter; False (logged as an error) when the producer refused it."""
     reason = f"topic {topic}: message at offset {offset} (partition {partition}): {exc}"
     log.warning("%s; sent to %s", reason, dead_letter_topic)
-    data = value or b""
+    data = value
     detail = str(exc)
-    if len(data) > VALUE_MAX_BYTES:
+    if data is not None and len(data) > VALUE_MAX_BYTES:
         detail = f"{exc} (value cut to its first {VALUE_MAX_BYTES} of {len(data)} bytes)"
         data = data[:VALUE_MAX_BYTES]
     record = {

@@ -31,7 +31,7 @@ from models.detector import DetectorConfig, Output
 from schemas.errors import CodecError
 from sinks.metrics import METRICS, REGISTRY
 from skewscope.config import Settings
-from skewscope.kafka.dead_letters import send_dead_letter
+from skewscope.kafka.dead_letters import send_dead_letter_of
 from skewscope.kafka.producer import DeliveryError, EventProducer
 from streams.health_page import register_health_page
 from streams.recovery import Admit, ShardRecovery
@@ -327,16 +327,5 @@ class _ReadOffsets(defaultdict[Any, int | None]):
 def _dead_letter(dlq: EventProducer, settings: Settings, message: Any, exc: Exception) -> None:
     """A bad message to the dead-letter topic (cut to fit, or logged when it cannot go:
     skewscope.kafka.dead_letters); the worker goes on either way."""
-    sent = send_dead_letter(
-        dlq,
-        settings.topics.dead_letter,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        exc=exc,
-        consumer="worker",
-    )
-    if not sent:
+    if not send_dead_letter_of(dlq, settings.topics.dead_letter, message, exc, "worker"):
         METRICS.dead_letters.labels("worker-unsent").inc()

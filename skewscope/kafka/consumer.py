@@ -13,7 +13,7 @@ from schemas.codec import AvroCodec
 from schemas.errors import CodecError
 from skewscope.config import Settings
 from skewscope.kafka.client_config import base_config
-from skewscope.kafka.dead_letters import send_dead_letter
+from skewscope.kafka.dead_letters import send_dead_letter, send_dead_letter_of
 from skewscope.kafka.producer import EventProducer
 
 log = logging.getLogger(__name__)
@@ -142,16 +142,8 @@ class DecodingConsumer:
     def dead_letter(self, event: Event, exc: Exception) -> None:
         """A message that decoded but its reader cannot use (``exc`` says why) to the
         dead-letter topic; :meth:`commit` flushes it before it commits the offset."""
-        sent = send_dead_letter(
-            self._dlq,
-            self.settings.topics.dead_letter,
-            topic=event.topic,
-            partition=event.partition,
-            offset=event.offset,
-            key=event.key,
-            value=event.value,
-            exc=exc,
-            consumer=self.name,
+        sent = send_dead_letter_of(
+            self._dlq, self.settings.topics.dead_letter, event, exc, self.name
         )
         self.dead_letters += 1
         self.dead_letters_unsent += not sent

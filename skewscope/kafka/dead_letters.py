@@ -11,12 +11,31 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from skewscope.kafka.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
 VALUE_MAX_BYTES = 900_000
+
+
+def send_dead_letter_of(
+    dlq: EventProducer, dead_letter_topic: str, message: Any, exc: Exception, consumer: str
+) -> bool:
+    """:func:`send_dead_letter` for a message with ``topic``, ``partition``, ``offset``,
+    ``key`` and ``value`` attributes (a Faust message, a decoded Event)."""
+    return send_dead_letter(
+        dlq,
+        dead_letter_topic,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        exc=exc,
+        consumer=consumer,
+    )
 
 
 def send_dead_letter(

@@ -7,8 +7,9 @@ reconnects with backoff and resyncs in full, so a message lost during the outage
 the cache wrong.
 
 No data is never health: ``health()`` answers ``unknown`` while Redis is unreachable or the
-cache has not synced, when the entity's deployment has no freshness record, and when the
-deployment's newest event time is older than its freshness bound. ``FailPolicy`` decides what
+cache has not synced, while a sink refills an empty Redis (``<p>rebuilding``), when the
+entity's deployment has no freshness record, and when the deployment's newest event time is
+older than its freshness bound. ``FailPolicy`` decides what
 ``should_avoid()`` makes of ``unknown``: ``OPEN`` (default) keeps using the entity, ``CLOSED``
 avoids it.
 
@@ -95,7 +96,8 @@ class DeploymentState:
 
 @dataclass(frozen=True)
 class Change:
-    """One applied change: kind is verdict, heartbeat, expired, capacity, resync or disconnected."""
+    """One applied change: kind is verdict, heartbeat, expired, capacity, resync,
+    disconnected, or rebuilding / rebuilt (a sink refilling an empty Redis, then done)."""
 
     kind: str
     entity: str = ""
@@ -116,6 +118,7 @@ class _Snapshot:
     verdicts: dict[str, _Cached] = field(default_factory=dict)
     deployments: dict[str, DeploymentState] = field(default_factory=dict)
     avoid: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    rebuilding: str = ""  # the epoch a sink is refilling Redis for ("": Redis is whole)
 
 
 class SchedulerClient:
@@ -197,6 +200,12 @@ class SchedulerClient:
                 since = self._disconnected_since_ns
                 why = "not synced yet" if since is None else "Redis unreachable"
                 return HealthReport(entity, Health.UNKNOWN, why)
+            if self._cache.rebuilding:
+                return HealthReport(
+                    entity,
+                    Health.UNKNOWN,
+                    "Redis is being refilled from the verdict topic (a sink is rebuilding it)",
+                )
             cached = self._live(entity, now_ns)
             dep = deployment or self._deployment_of(entity, cached)
             if dep is None:
@@ -403,6 +412,7 @@ class SchedulerClient:
         deployments = sorted(as_text(d) for d in dep_keys)
         snap = client.pipeline(transaction=True)
         snap.time()
+        snap.get(lay.rebuilding)
         for dep in deployments:
             snap.hgetall(lay.deployment(dep))
             snap.zrange(lay.avoid(dep), 0, -1, desc=True, withscores=True)
@@ -414,8 +424,8 @@ class SchedulerClient:
         replies = snap.execute()
         seconds, micros = replies[0]
         now_ms = int(seconds) * 1000 + int(micros) // 1000
-        fresh = _Snapshot()
-        pos = 1
+        fresh = _Snapshot(rebuilding=as_text(replies[1] or b""))
+        pos = 2
         for dep in deployments:
             fresh.deployments[dep] = DeploymentState.from_flat(replies[pos])
             fresh.avoid[dep] = [(as_text(e), float(s)) for e, s in replies[pos + 1]]
@@ -442,6 +452,12 @@ class SchedulerClient:
 
     def _apply(self, message: dict[str, Any]) -> None:
         kind = str(message.get("kind", ""))
+        if kind in ("rebuilding", "rebuilt"):
+            with self._lock:
+                epoch = str(message.get("epoch", ""))
+                self._cache.rebuilding = epoch if kind == "rebuilding" else ""
+                self._notify(Change(kind))
+            return
         entity = str(message.get("entity", ""))
         dep = str(message.get("deployment", ""))
         version = int(message["version"]) if message.get("version") else None

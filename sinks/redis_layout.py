@@ -24,6 +24,9 @@ key                                     type    content
 ``<p>changes``                          pubsub  one JSON message per applied change
 ``<p>sink_epoch``                       string  id of this Redis's content; the sink's
                                                 consumer group is ``<group>.<epoch>``
+``<p>rebuilding``                       string  set while a sink refills an empty Redis
+                                                from the verdict topic (the epoch); the
+                                                client reads every entity unknown then
 ======================================  ======  ===============================================
 
 Limits: a standalone Redis (or one cluster hash slot): scripts touch per-deployment and
@@ -88,6 +91,10 @@ class RedisLayout:
     @property
     def sink_epoch(self) -> str:
         return f"{self.prefix}sink_epoch"
+
+    @property
+    def rebuilding(self) -> str:
+        return f"{self.prefix}rebuilding"
 
     @property
     def channel(self) -> str:

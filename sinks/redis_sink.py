@@ -22,6 +22,7 @@ commit after recovery fails, which is logged and harmless (those verdicts are re
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -90,6 +91,7 @@ class RedisSink:
         self.epoch = ""
         self._url = redacted_url(settings.redis_url)
         self._consumer: DecodingConsumer | None = None
+        self._rebuild_ends: dict[int, int] | None = None  # the topic's ends when it began
         self._dead_letters_seen = 0
         self._next_check = 0.0
 
@@ -127,7 +129,23 @@ class RedisSink:
             if items and not self._retry(lambda: self._write(items), stop):
                 return 0
             self._commit()
+        if self._rebuild_ends is not None and not self._retry(self._finish_rebuild, stop):
+            return 0
         return len(events)
+
+    def _finish_rebuild(self) -> None:
+        """Clear ``<p>rebuilding`` once the verdicts the topic held when the rebuild began
+        are in Redis (this sink's partitions: with several sinks, the first to catch up
+        clears it), and tell the clients."""
+        assert self._consumer is not None and self._rebuild_ends is not None
+        if not self._consumer.caught_up(self._rebuild_ends):
+            return
+        lay = self.writer.layout
+        if as_text(self.client.get(lay.rebuilding) or b"") == self.epoch:
+            self.client.delete(lay.rebuilding)
+            self.client.publish(lay.channel, json.dumps({"kind": "rebuilt", "epoch": self.epoch}))
+            log.info("redis sink: Redis refilled from %s (epoch %s)", self.topic, self.epoch)
+        self._rebuild_ends = None
 
     def _commit(self) -> None:
         """Commit the written batch. A refused commit (the group rebalanced, or our member
@@ -147,11 +165,17 @@ class RedisSink:
 
     def _check_epoch(self) -> None:
         """Join the group of Redis's epoch; start a new epoch when Redis lost its content."""
-        key = self.writer.layout.sink_epoch
+        lay = self.writer.layout
+        key = lay.sink_epoch
         found = self.client.get(key)
         if found is None:
             self.client.set(key, f"{int(time.time())}-{uuid.uuid4().hex[:8]}", nx=True)
             found = self.client.get(key)
+            # until the topic's verdicts are back in, clients read every entity unknown
+            self.client.set(lay.rebuilding, as_text(found))
+            self.client.publish(
+                lay.channel, json.dumps({"kind": "rebuilding", "epoch": as_text(found)})
+            )
             if self.epoch:
                 log.warning(
                     "redis sink: Redis at %s came back without its content; rebuilding it "
@@ -170,6 +194,9 @@ class RedisSink:
         self._consumer = DecodingConsumer(
             self.settings, [self.topic], group_id=self.group_id, name="redis-sink"
         )
+        self._rebuild_ends = None
+        if as_text(self.client.get(lay.rebuilding) or b"") == epoch:  # (also a restart midway)
+            self._rebuild_ends = self._consumer.end_offsets(self.topic)
         self._dead_letters_seen = 0
         log.info("redis sink: consuming %s as group %s", self.topic, self.group_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +186,26 @@ def test_client_started_before_redis_reads_unknown_then_connects(tmp_path: Path)
             wait_until(lambda: scheduler.connected, what="connect once Redis answers")
         finally:
             server.stop()
+
+
+def test_every_entity_reads_unknown_while_a_sink_rebuilds_redis(
+    writer: RedisWriter, client: SchedulerClient, sink_config: SinkConfig, url: str
+) -> None:
+    """A rebuilt Redis fills partition by partition: a deployment's heartbeat may be back
+    before its firing verdicts. While ``<p>rebuilding`` is set every entity reads unknown;
+    the flag seen at a resync counts as well as the notification."""
+    layout = writer.layout
+    writer.write(heartbeat_record("dep0", time.time_ns(), 1, 10 * NS_PER_S))
+    wait_until(lambda: client.health("dep0/rank1").health is Health.HEALTHY, 10, "fresh dep0")
+    conn = connect(url, sink_config)
+    conn.set(layout.rebuilding, "epoch-2")
+    conn.publish(layout.channel, json.dumps({"kind": "rebuilding", "epoch": "epoch-2"}))
+    wait_until(lambda: client.health("dep0/rank1").health is Health.UNKNOWN, 10, "rebuilding")
+    assert "refilled" in client.health("dep0/rank1").reason
+    with SchedulerClient(url, sink_config) as late:  # started during the rebuild: resync
+        assert late.health("dep0/rank1").health is Health.UNKNOWN
+        conn.delete(layout.rebuilding)
+        conn.publish(layout.channel, json.dumps({"kind": "rebuilt", "epoch": "epoch-2"}))
+        wait_until(lambda: late.health("dep0/rank1").health is Health.HEALTHY, 10, "rebuilt")
+    wait_until(lambda: client.health("dep0/rank1").health is Health.HEALTHY, 10, "rebuilt")
+    conn.close()

@@ -212,3 +212,44 @@ def test_a_verdict_redis_cannot_take_goes_to_the_dead_letter_topic_with_its_reas
     assert letter.record["error_type"] == "InvalidVerdictError"
     assert "ttl_ns=0" in letter.record["reason"] and letter.record["consumer"] == "redis-sink"
     assert letter.record["topic"] == topic and letter.record["key"] == b"dep0/rank1"
+
+
+def test_a_rebuild_is_flagged_until_the_topics_verdicts_are_back_in_redis(
+    settings: Settings, topic: str, server: PrivateRedis
+) -> None:
+    """An empty Redis: the sink starts an epoch, sets ``<p>rebuilding`` and announces it,
+    and clears it (announcing that too) once the verdicts the topic held are written."""
+    test_settings = dataclasses.replace(settings, redis_url=server.url)
+    config = sink_config()
+    publisher = VerdictPublisher(test_settings, topic=topic)
+    for i in range(30):
+        publisher.publish(verdict(f"dep0/rank{i}", 1))
+    publisher.flush()
+    layout = RedisLayout(config.key_prefix)
+    watcher = redis.Redis.from_url(server.url)
+    pubsub = watcher.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(layout.channel)
+    sink = RedisSink(
+        test_settings,
+        config,
+        connect(server.url, config),
+        topic=topic,
+        metrics=SinkMetrics(CollectorRegistry()),
+    )
+    kinds: list[str] = []
+    try:
+        for _ in range(600):
+            sink.step()
+            while (message := pubsub.get_message(timeout=0.01)) is not None:
+                kind = json.loads(message["data"]).get("kind")
+                if kind in ("rebuilding", "rebuilt"):
+                    kinds.append(kind)
+            if "rebuilt" in kinds:
+                break
+    finally:
+        sink.close()
+        pubsub.close()
+    assert kinds == ["rebuilding", "rebuilt"]
+    assert watcher.get(layout.rebuilding) is None
+    assert len(stored_versions(server.url, config)) == 30  # all in before the flag went
+    watcher.close()

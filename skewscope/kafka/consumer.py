@@ -101,6 +101,20 @@ class DecodingConsumer:
         by_partition = {tp.partition: tp.offset for tp in positions}
         return all(end <= 0 or by_partition.get(p, -1) >= end for p, end in ends.items())
 
+    def caught_up(self, ends: dict[int, int]) -> bool:
+        """True when this consumer has partitions and each assigned one of ``ends`` is at or
+        past its end (a group member reads only its share; an empty topic is caught up)."""
+        if all(end <= 0 for end in ends.values()):
+            return True
+        positions = self._consumer.position(self._consumer.assignment())
+        if not positions:
+            return False
+        return all(
+            tp.offset >= ends[tp.partition] or ends[tp.partition] <= 0
+            for tp in positions
+            if tp.partition in ends
+        )
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Messages behind the high watermark, per assigned partition."""
         out = {}

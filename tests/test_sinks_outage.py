@@ -59,6 +59,15 @@ def stored_versions(url: str, config: SinkConfig) -> dict[str, int]:
     return {e: json.loads(v)["version"] for e, v in zip(entities, values, strict=True) if v}
 
 
+def _published(settings: Settings, topic: str, ranks: range) -> VerdictPublisher:
+    """Version-1 verdicts of ``dep0/rank<i>`` for ``ranks`` on the topic, flushed."""
+    publisher = VerdictPublisher(settings, topic=topic)
+    for i in ranks:
+        publisher.publish(verdict(f"dep0/rank{i}", 1))
+    publisher.flush()
+    return publisher
+
+
 class SinkThread:
     """A RedisSink running in a thread until stopped."""
 
@@ -117,10 +126,7 @@ def test_restarted_sink_resumes_from_committed_offsets(
 ) -> None:
     test_settings = dataclasses.replace(settings, redis_url=server.url)
     config = sink_config()
-    publisher = VerdictPublisher(test_settings, topic=topic)
-    for i in range(40):
-        publisher.publish(verdict(f"dep0/rank{i}", 1))
-    publisher.flush()
+    publisher = _published(test_settings, topic, range(40))
     first = SinkThread(test_settings, config, topic)
     wait_until(lambda: len(stored_versions(server.url, config)) == 40, 60, "first sink")
     first.close()
@@ -221,10 +227,7 @@ def test_a_rebuild_is_flagged_until_the_topics_verdicts_are_back_in_redis(
     and clears it (announcing that too) once the verdicts the topic held are written."""
     test_settings = dataclasses.replace(settings, redis_url=server.url)
     config = sink_config()
-    publisher = VerdictPublisher(test_settings, topic=topic)
-    for i in range(30):
-        publisher.publish(verdict(f"dep0/rank{i}", 1))
-    publisher.flush()
+    _published(test_settings, topic, range(30))
     layout = RedisLayout(config.key_prefix)
     watcher = redis.Redis.from_url(server.url)
     pubsub = watcher.pubsub(ignore_subscribe_messages=True)

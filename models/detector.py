@@ -305,7 +305,7 @@ class Detector:
         with the fleet on every shard; the views need this shard's deployments only.
         Rebuilt when the topology or the deployments change."""
         ranks = self.topology.ranks
-        held = frozenset(str(stream[0]) for stream in self.watermarks.streams())  # type: ignore[index]
+        held = frozenset(self.deployments_seen())
         cached = self._held_cache
         if cached is not None and cached[0] is ranks and cached[1] == held:
             return cached[2]
@@ -318,9 +318,8 @@ class Detector:
         if end_ns - self._last_heartbeat_ns < self.config.heartbeat_every_ns:
             return []
         self._last_heartbeat_ns = end_ns
-        deployments = {stream[0] for stream in self.watermarks.streams()}  # type: ignore[index]
         out = []
-        for deployment in sorted(deployments):
+        for deployment in self.deployments_seen():
             record = heartbeat_record(deployment, end_ns, end_ns, self.config.freshness_bound_ns)
             out.append(Output("Verdict", record["entity"], record))
         return out

@@ -141,7 +141,7 @@ class RedisSink:
         if not self._consumer.caught_up(self._rebuild_ends):
             return
         lay = self.writer.layout
-        if as_text(self.client.get(lay.rebuilding) or b"") == self.epoch:
+        if self._rebuilding_epoch() == self.epoch:
             self.client.delete(lay.rebuilding)
             self.client.publish(lay.channel, json.dumps({"kind": "rebuilt", "epoch": self.epoch}))
             log.info("redis sink: Redis refilled from %s (epoch %s)", self.topic, self.epoch)
@@ -162,6 +162,10 @@ class RedisSink:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+    def _rebuilding_epoch(self) -> str:
+        """The epoch ``<p>rebuilding`` names ("" when Redis is whole)."""
+        return as_text(self.client.get(self.writer.layout.rebuilding) or b"")
 
     def _check_epoch(self) -> None:
         """Join the group of Redis's epoch; start a new epoch when Redis lost its content."""
@@ -195,7 +199,7 @@ class RedisSink:
             self.settings, [self.topic], group_id=self.group_id, name="redis-sink"
         )
         self._rebuild_ends = None
-        if as_text(self.client.get(lay.rebuilding) or b"") == epoch:  # (also a restart midway)
+        if self._rebuilding_epoch() == epoch:  # (also a sink restarted midway)
             self._rebuild_ends = self._consumer.end_offsets(self.topic)
         self._dead_letters_seen = 0
         log.info("redis sink: consuming %s as group %s", self.topic, self.group_id)

@@ -110,10 +110,6 @@ class Topology:
         self._pools_cache = (ranks, pools)
         return pools
 
-    def pool_of(self, deployment: str) -> str:
-        """The router pool of ``deployment`` ("" when none is named or it is unknown)."""
-        return self.pools().get(deployment, "")
-
     def nodes(self) -> list[str]:
         return sorted({p.node for p in self.ranks.values()})
 

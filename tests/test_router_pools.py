@@ -86,14 +86,14 @@ def test_shares_and_prompt_lengths_are_the_pools() -> None:
 
 def test_a_deployments_pool_is_the_one_its_ranks_name() -> None:
     topo = _topology({"a": "llama", "b": ""})
-    assert topo.pool_of("a") == "llama"
-    assert topo.pool_of("b") == ""
-    assert topo.pool_of("unknown") == ""
+    assert topo.pools().get("a", "") == "llama"
+    assert topo.pools().get("b", "") == ""
+    assert topo.pools().get("unknown", "") == ""
     # a rank record without the field (an older producer) leaves the named pool in place
     late = topology("a", nodes=1, gpus_per_node=2)[1]
     late["node"] = "a-node0"
     topo.update(late)
-    assert topo.pool_of("a") == "llama"
+    assert topo.pools().get("a", "") == "llama"
 
 
 def test_the_pools_follow_the_topologys_updates() -> None:
@@ -107,7 +107,7 @@ def test_the_pools_follow_the_topologys_updates() -> None:
     moved = topology("a", nodes=1, gpus_per_node=2)[1]
     moved["router_pool"] = "alpaca"
     topo.update(moved)
-    assert topo.pool_of("a") == "alpaca"
+    assert topo.pools().get("a", "") == "alpaca"
     topo.update({**b, "removed": True})
     assert topo.pools() == {"a": "alpaca"}
     with pytest.raises(TypeError):  # the cached map is shared: read-only
@@ -124,7 +124,7 @@ def test_a_topology_record_written_before_pools_decodes_with_no_pool() -> None:
     decoded = AvroCodec().decode(AvroCodec(catalog=old).encode("TopologyRecord", record)).record
     assert decoded["router_pool"] == ""
     assert decoded["deployment"] == "a"
-    assert Topology.from_records([decoded]).pool_of("a") == ""
+    assert Topology.from_records([decoded]).pools().get("a", "") == ""
 
 
 def test_a_pool_replica_held_by_another_shard_does_not_dilute_the_shares() -> None:

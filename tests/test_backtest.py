@@ -270,6 +270,8 @@ def test_backtest_of_a_live_run_gives_exactly_the_live_verdicts(
                 str(to_ms),
                 "--json",
                 str(out),
+                "--workers",  # the forked path (the result is the same for 1: parallel tests)
+                "2",
             ]
         )
         == 0

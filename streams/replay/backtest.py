@@ -53,6 +53,7 @@ class ReplayStats:
     wall_s: float = 0.0
     event_first_ns: int | None = None
     event_last_ns: int | None = None
+    workers: int = 1  # processes the detectors ran in (streams/replay/parallel.py)
 
     @property
     def event_span_ns(self) -> int:
@@ -159,12 +160,15 @@ class Replayer:
         if self.progress is not None:
             self._progress(1.0, force=True)
             self.progress.close()
+        return self._result()
+
+    def _result(self) -> RunResult:
         return RunResult(
             config=self.config,
             verdicts=self.verdicts,
             features={e: dict(f) for e, f in self.features.items()},
             labels=self.labels,
-            stats=stats,
+            stats=self.stats,
             nodes=self.pool.topology.nodes(),
         )
 

@@ -21,12 +21,13 @@ from typing import Any
 
 from models.scoring import GRACE_NS
 from skewscope.config import Settings, load_settings
-from streams.replay.backtest import Replayer, RunResult, evaluate, labels_in_span
+from streams.replay.backtest import RunResult, evaluate, labels_in_span
 from streams.replay.capture import CaptureReader
 from streams.replay.config import Configuration, load_configuration
 from streams.replay.history import HistoryReader, parse_time_ms, read_topic
 from streams.replay.labels import decode_labels, read_labels
 from streams.replay.message import RawMessage
+from streams.replay.parallel import default_workers, make_replayer
 from streams.replay.progress import Progress
 from streams.replay.report import render_report
 
@@ -103,6 +104,14 @@ def add_backtest_commands(sub: argparse._SubParsersAction) -> None:
         help="partitions to spread a capture over (default: telemetry_partitions)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes to run the partitions' detectors in (default: one per core, at "
+        "most one per partition; 1 runs everything in this process); the result is the "
+        "same for any number",
+    )
+    p.add_argument(
         "--grace-s",
         type=float,
         default=GRACE_NS / 1e9,
@@ -163,9 +172,11 @@ def run_backtest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     show = args.progress or sys.stderr.isatty()
     grace_ns = args.grace_s * 1e9
     results: list[RunResult] = []
+    partitions = source.get("partitions", settings.telemetry_partitions)
+    workers = args.workers or default_workers(partitions)
     for config in configs:
-        messages, fraction = opener()
-        replayer = Replayer(config, settings.topics, Progress(config.name, show))
+        replayer = make_replayer(config, settings.topics, workers, Progress(config.name, show))
+        messages, fraction = opener()  # after the workers fork: no Kafka thread is forked
         results.append(replayer.run(messages, flush=flush, fraction=fraction))
     labels = _labels(args, settings, results[0])
     docs = [evaluate(r, labels, grace_ns) for r in results]

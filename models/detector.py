@@ -14,6 +14,7 @@ the same outputs as live did, whatever the wall clock does.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,11 @@ class DetectorConfig:
     # closed (the last data leaves them, verdicts resolve) and the empty ones up to the
     # last before the watermark are skipped: a jump of a year is not 126 million closes.
     gap_drain_ns: int = 15_000_000_000
+    # A frame dated more than this past the newest accepted event time waits (held, at most
+    # ahead_hold_frames per stream) until another clock confirms the new time: one clock
+    # running a year ahead must not carry the watermark off (streams/watermark.py). 0: off.
+    ahead_hold_ns: int = 30_000_000_000
+    ahead_hold_frames: int = 256
     # A replica the router sent no request in this long is out of rotation (drained, or at
     # weight 0): not a peer with room for the load family (streams/views.py).
     rotation_window_ns: int = 3_000_000_000
@@ -86,6 +92,8 @@ class DetectorStats:
     late_frames: int = 0
     windows_closed: int = 0
     windows_skipped: int = 0  # empty windows of a watermark jump, not closed (advance())
+    frames_held: int = 0  # dated too far ahead to take until another clock confirmed
+    frames_dropped_ahead: int = 0  # held and never confirmed (their clock came back, or cap)
     verdicts: int = 0
     ignored_frames: int = 0
 
@@ -121,7 +129,9 @@ class Detector:
             "CollectiveFrame": self.collectives,
         }
         self.watermarks = WatermarkTracker(
-            self.config.allowed_lateness_ns, self.config.idle_timeout_ns
+            self.config.allowed_lateness_ns,
+            self.config.idle_timeout_ns,
+            self.config.ahead_hold_ns,
         )
         self.rules = RuleEngine(self.runbook)
         self.fusion = Fusion()
@@ -133,6 +143,8 @@ class Detector:
         self._late_events = 0
         self._last_heartbeat_ns = 0
         self._held_cache: tuple[dict[str, Any], frozenset[str], Topology] | None = None
+        # frames dated too far ahead, per stream, in arrival order: (schema, record, reach)
+        self._ahead: dict[tuple[str, str, str], deque[tuple[str, dict[str, Any], int]]] = {}
 
     # -- input ------------------------------------------------------------------------
     def process(self, schema: str, record: dict[str, Any]) -> list[Output]:
@@ -149,6 +161,52 @@ class Detector:
             self.stats.ignored_frames += 1
             return
         cols = unpack(schema, record)
+        if self.config.ahead_hold_ns > 0:
+            reach_ns = int(record.get("frame_end_ns") or 0) or _newest_row_ns(schema, cols)
+            if reach_ns:
+                stream = (record["deployment"], extractor.SOURCE, record["node"])
+                if not self.watermarks.claim(record["clock_id"], reach_ns):
+                    self._hold(stream, schema, record, reach_ns)
+                    return
+                if self._ahead:
+                    self._release(stream)
+        self._ingest(extractor, schema, record, cols)
+
+    def _hold(
+        self, stream: tuple[str, str, str], schema: str, record: dict[str, Any], reach_ns: int
+    ) -> None:
+        """Keep a frame dated too far ahead until another clock confirms its time; the oldest
+        held frame of the stream goes (counted) past ``ahead_hold_frames``."""
+        held = self._ahead.get(stream)
+        if held is None:
+            held = self._ahead[stream] = deque()
+        held.append((schema, record, reach_ns))
+        self.stats.frames_held += 1
+        if len(held) > self.config.ahead_hold_frames:
+            held.popleft()
+            self.stats.frames_dropped_ahead += 1
+
+    def _release(self, accepted: tuple[str, str, str]) -> None:
+        """Take the held frames whose time another clock now confirms, in arrival order per
+        stream. Those of ``accepted`` (a stream whose frame was just taken) still too far
+        ahead are dropped: its clock is back, they were dated by the error."""
+        for stream in list(self._ahead):
+            held = self._ahead[stream]
+            while held:
+                schema, record, reach_ns = held[0]
+                if not self.watermarks.accepts(record["clock_id"], reach_ns):
+                    break
+                held.popleft()
+                self._ingest(self.extractors[schema], schema, record, unpack(schema, record))
+            if held and stream == accepted:
+                self.stats.frames_dropped_ahead += len(held)
+                held.clear()
+            if not held:
+                del self._ahead[stream]
+
+    def _ingest(
+        self, extractor: Extractor, schema: str, record: dict[str, Any], cols: dict[str, Any]
+    ) -> None:
         first_ns, last_ns = extractor.ingest(record, cols)
         if schema == "GpuSampleFrame" and len(cols["gpu_index"]):
             first_gpu = cols["gpu_index"] == cols["gpu_index"].min()
@@ -418,3 +476,26 @@ _ROW_COUNTS = ("n_rows", "n_samples", "n_events", "n_flow_rows", "n_dev_rows")
 def _rows(record: dict[str, Any]) -> int:
     """Samples in a frame: its row counts (a NIC sample is one port's counters at one time)."""
     return sum(int(record.get(name, 0)) for name in _ROW_COUNTS)
+
+
+# The column of each frame kind whose newest value is how far a frame without
+# ``frame_end_ns`` reaches (a collective's rows end microseconds to milliseconds after their
+# first start: near enough to tell a frame dated far ahead).
+_ROW_TIME_COLUMNS = {
+    "GpuSampleFrame": ("ts_ns",),
+    "NicCounterFrame": ("ts_ns",),
+    "EngineSampleFrame": ("ts_ns",),
+    "EngineRequestFrame": ("ts_ns",),
+    "DpuFrame": ("flow_ts_ns", "dev_ts_ns"),
+    "CollectiveFrame": ("first_start_ns",),
+}
+
+
+def _newest_row_ns(schema: str, cols: dict[str, Any]) -> int:
+    """The newest row time of a frame that does not state its reach (0: no rows)."""
+    newest = 0
+    for name in _ROW_TIME_COLUMNS.get(schema, ()):
+        column = cols.get(name)
+        if column is not None and len(column):
+            newest = max(newest, int(column.max()))
+    return newest

@@ -52,7 +52,9 @@ MAGIC = b"SKCK"
 # 7: the last-arriver baseline keeps its durations in ns and the hop they are counted in
 # 8: the request join keeps each first token's (arrival, first token) by pane, for the p99 TTFT
 # 9: the detector's stats count the windows a watermark jump skipped (windows_skipped)
-FORMAT_VERSION = 9
+# 10: frames dated too far ahead are held (the detector's held frames, the tracker's clock
+# claims and newest accepted time, two more stats)
+FORMAT_VERSION = 10
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 
@@ -158,6 +160,7 @@ def _detector_state(det: Detector) -> dict[str, Any]:
         "silent": sorted(det._silent),
         "late_events": det._late_events,
         "last_heartbeat_ns": det._last_heartbeat_ns,
+        "ahead": det._ahead,
     }
 
 
@@ -190,7 +193,10 @@ def _restore_detector(
         raise CheckpointError("checkpoint's collective join does not share the clock aligner")
     det.cadence = state["cadence"]
     det.watermarks = WatermarkTracker.restore(
-        state["watermarks"], det.config.allowed_lateness_ns, det.config.idle_timeout_ns
+        state["watermarks"],
+        det.config.allowed_lateness_ns,
+        det.config.idle_timeout_ns,
+        det.config.ahead_hold_ns,
     )
     det.rules._history = state["rules_history"]
     det.fusion = state["fusion"]
@@ -204,6 +210,7 @@ def _restore_detector(
     det._silent = {tuple(s) for s in state["silent"]}
     det._late_events = state["late_events"]
     det._last_heartbeat_ns = state["last_heartbeat_ns"]
+    det._ahead = state["ahead"]
     return det
 
 

@@ -15,6 +15,14 @@ the idle timeout this changes nothing; with 1 s frames and a 1 s timeout it is w
 every source from flapping silent between frames (and its frames from arriving behind a
 watermark that had stopped waiting for it).
 
+A clock that runs far ahead (a DPU's real-time clock reset to a date years away, a unit
+error) would drag the watermark with it and turn every other source's frames late until event
+time caught up. So a frame more than ``ahead_limit_ns`` past the newest accepted event time is
+taken only when another clock that is still sending has claimed within ``ahead_limit_ns`` of it
+too (:meth:`claim`); the detector holds it until then. Every source resuming after a pause
+confirms itself as the second clock's frames arrive; one runaway clock never does, and its
+streams fall silent instead (unknown, not healthy).
+
 All of this is event time: replaying the same events gives the same watermarks.
 """
 
@@ -45,18 +53,45 @@ class WatermarkTracker:
 
     allowed_lateness_ns: int = 200_000_000
     idle_timeout_ns: int = 2_000_000_000
+    ahead_limit_ns: int = 0  # 0: every frame is taken, however far ahead
     _latest_ns: dict[Hashable, int] = field(default_factory=dict)
     _silent: set[Hashable] = field(default_factory=set)
     _watermark_ns: int = -(2**63)
     # each stream's last frame end and the advances between its latest frame ends (ns)
     _frame_end_ns: dict[Hashable, int] = field(default_factory=dict)
     _steps_ns: dict[Hashable, deque[int]] = field(default_factory=dict)
+    # the newest event time observed (accepted) and how far each clock has claimed to be
+    _newest_ns: int = -(2**63)
+    _claims_ns: dict[Hashable, int] = field(default_factory=dict)
 
     def observe(self, stream: Hashable, event_ns: int) -> bool:
         """Record an event time; returns False when it is already behind the watermark (late)."""
         if event_ns > self._latest_ns.get(stream, -(2**63)):
             self._latest_ns[stream] = event_ns
+            if event_ns > self._newest_ns:
+                self._newest_ns = event_ns
         return event_ns >= self._watermark_ns
+
+    def claim(self, clock: Hashable, event_ns: int) -> bool:
+        """Record that a frame of ``clock`` reaches ``event_ns``; False when it is too far
+        ahead to take yet (hold it and ask :meth:`accepts` again later)."""
+        if event_ns > self._claims_ns.get(clock, -(2**63)):
+            self._claims_ns[clock] = event_ns
+        return self.accepts(clock, event_ns)
+
+    def accepts(self, clock: Hashable, event_ns: int) -> bool:
+        """Whether a frame of ``clock`` reaching ``event_ns`` may be taken: it is within
+        ``ahead_limit_ns`` of the newest accepted time, or another clock that is still
+        sending (its claim within the idle timeout of the newest accepted time, so a dead
+        node's clock does not hold the others back) has claimed within ``ahead_limit_ns`` of
+        it, or no other clock is sending (nothing could confirm it)."""
+        limit = self.ahead_limit_ns
+        newest = self._newest_ns
+        if limit <= 0 or event_ns <= newest + limit or newest == -(2**63):
+            return True
+        sending_from = newest - self.idle_timeout_ns
+        confirming = [t for c, t in self._claims_ns.items() if c != clock and t >= sending_from]
+        return not confirming or max(confirming) >= event_ns - limit
 
     def observe_frame(self, stream: Hashable, first_ns: int, frame_end_ns: int) -> None:
         """Record how far a frame of ``stream`` reports (its first row at ``first_ns``), for
@@ -151,13 +186,19 @@ class WatermarkTracker:
             "silent": [list(_as_tuple(s)) for s in self._silent],
             "frame_ends": [[list(_as_tuple(s)), t] for s, t in self._frame_end_ns.items()],
             "steps": [[list(_as_tuple(s)), list(d)] for s, d in self._steps_ns.items()],
+            "newest_ns": self._newest_ns,
+            "claims": [[c, t] for c, t in self._claims_ns.items()],
         }
 
     @classmethod
     def restore(
-        cls, state: dict[str, object], allowed_lateness_ns: int, idle_timeout_ns: int
+        cls,
+        state: dict[str, object],
+        allowed_lateness_ns: int,
+        idle_timeout_ns: int,
+        ahead_limit_ns: int = 0,
     ) -> WatermarkTracker:
-        tracker = cls(allowed_lateness_ns, idle_timeout_ns)
+        tracker = cls(allowed_lateness_ns, idle_timeout_ns, ahead_limit_ns)
         tracker._watermark_ns = int(state["watermark_ns"])  # type: ignore[call-overload]
         for stream, ts in state["latest"]:  # type: ignore[attr-defined]
             tracker._latest_ns[tuple(stream)] = int(ts)
@@ -167,6 +208,9 @@ class WatermarkTracker:
             tracker._frame_end_ns[tuple(stream)] = int(ts)
         for stream, steps in state.get("steps", []):  # type: ignore[attr-defined]
             tracker._steps_ns[tuple(stream)] = deque((int(x) for x in steps), maxlen=STEP_MEMORY)
+        tracker._newest_ns = int(state["newest_ns"])  # type: ignore[call-overload]
+        for clock, ts in state["claims"]:  # type: ignore[attr-defined]
+            tracker._claims_ns[clock] = int(ts)
         return tracker
 
 

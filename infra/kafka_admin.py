@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from infra.net import first_bootstrap, port_open
@@ -61,3 +62,18 @@ def broker_answers(
     except Exception:  # KafkaException on timeout; anything else also means "not usable"
         return False
     return bool(meta.brokers)
+
+
+def committed_offsets(
+    admin: AdminClient, group: str, partitions: list[tuple[str, int]], timeout_s: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """The group's committed offsets of ``partitions`` (blocking); those with none are left
+    out. Reading them does not join the group."""
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])
+    (future,) = admin.list_consumer_group_offsets([request], request_timeout=timeout_s).values()
+    result = future.result(timeout_s)
+    return {
+        (tp.topic, tp.partition): tp.offset
+        for tp in result.topic_partitions
+        if tp.error is None and tp.offset >= 0
+    }

@@ -26,6 +26,7 @@ import faust
 from faust.types import TP
 from prometheus_client import generate_latest
 
+from infra.kafka_admin import admin_client, committed_offsets
 from infra.topics import TopicSpec, ensure_topics
 from models.detector import DetectorConfig, Output
 from schemas.errors import CodecError
@@ -101,6 +102,7 @@ def build_app(
     telemetry_topics = set(topics.telemetry())
     held: dict[str, Any] = {"partitions": set(), "generation": None}
     dlq = EventProducer(settings)
+    admin = admin_client(settings)
     feed = TopologyFeed(settings, pool)
     loaded = feed.catch_up()
     log.info("topology: %d records loaded before detection starts", loaded)
@@ -144,9 +146,34 @@ def build_app(
                 dead_letter_failures["reported"] = dlq.stats.failed
                 log.error("dead letters could not be delivered: %s", err)
 
+    async def note_start_positions(partition: int) -> None:
+        """Where the shard starts on each telemetry topic it has read nothing of yet: the
+        group's committed offset (none committed: the earliest, as auto_offset_reset is).
+        Nothing of the topic has been processed here, so nothing was committed here: that
+        is where its first message will come from. Put into the checkpoint, it makes a restore
+        seek the topic back there, even when the group committed past its first messages
+        before the next checkpoint covered them."""
+        unread = [t for t in sorted(telemetry_topics) if recovery.expected(t, partition) is None]
+        if not unread:
+            return
+        try:
+            committed = await asyncio.get_running_loop().run_in_executor(
+                None, committed_offsets, admin, app_id, [(t, partition) for t in unread]
+            )
+            for topic in unread:
+                start = committed.get((topic, partition))
+                if start is None:
+                    tp = TP(topic, partition)
+                    start = (await app.consumer.earliest_offsets(tp)).get(tp)
+                if start is not None and start >= 0:
+                    recovery.start_at(topic, partition, start)
+        except Exception as exc:  # the broker away: asked again at the next checkpoint
+            log.warning("partition %d: start offsets of unread topics unknown: %s", partition, exc)
+
     async def save_checkpoint(partition: int) -> None:
         # Written only after the outputs it covers are on the broker: a crash in between
         # re-emits them (identically) instead of losing them.
+        await note_start_positions(partition)
         key, blob = str(partition).encode(), recovery.checkpoint(partition)
         checkpoints.data[key] = blob
         sent = await checkpoints.changelog_topic.send(

@@ -11,8 +11,10 @@ the offset of the next message the shard's state expects, and answers for each m
   a rebalance whose seek did not happen, a fetch that raced a seek): the consumer must seek
   back to ``offset``; the message is skipped. Messages fetched before the seek arrive next,
   still past it and increasing: skipped (the seek is repeated every ``RESEEK_AFTER``). When
-  the offsets go back down the re-read has begun: if it starts above the expected offset,
-  that offset does not exist (a gap: offsets need not be contiguous) and is passed over.
+  the offsets go back down a re-read has begun: if it starts above the expected offset, the
+  seek is made again (another seek, Faust's to the committed offsets, may have landed after
+  ours); when a re-read starts at that same offset twice, the expected offset does not exist
+  (a gap: offsets need not be contiguous) and is passed over.
   (The app turns off Faust's read-offset filter for these topics: it would drop the re-read
   messages behind the stale ones.)
 
@@ -53,6 +55,7 @@ class _Chase:
 
     max_seen: int
     skipped: int = 0
+    restart_at: int | None = None  # where a re-read began above the expected offset
 
 
 class Admit(Enum):
@@ -128,10 +131,20 @@ class ShardRecovery:
             self.seeks += 1
             self.skipped += 1
             return Admit.SEEK, expected
+        if offset <= chase.max_seen and offset != chase.restart_at:
+            # The offsets went back: a re-read has begun, above the expected offset. Either
+            # those offsets do not exist, or another seek landed after ours (Faust's own, to
+            # the committed offsets, can come after a rebalance's first messages). Seek again;
+            # a re-read that begins at the same offset twice shows a gap.
+            chase.restart_at = chase.max_seen = offset
+            chase.skipped += 1
+            self.skipped += 1
+            self.seeks += 1
+            return Admit.SEEK, expected
         if offset <= chase.max_seen:
-            # The offsets went back: the re-read after the seek has begun, and it began above
-            # the expected offset, so that offset does not exist (offsets need not be
-            # contiguous; deleted records are found at the seek, see lost()). Take the gap.
+            # The re-read began above the expected offset twice: that offset does not exist
+            # (offsets need not be contiguous; deleted records are found at the seek, see
+            # lost()). Take the gap.
             del self._seeking[tp]
             self.gaps += 1
             log.warning(
@@ -167,6 +180,13 @@ class ShardRecovery:
             first_available - 1,
         )
         self._expected[tp] = first_available
+
+    def start_at(self, topic: str, partition: int, offset: int) -> None:
+        """Where the consumer starts on a topic-partition the shard has no position on yet
+        (read at assignment, after the seek to the committed offsets). It enters the next
+        checkpoint, so a restore seeks that topic back there even when the group committed
+        past the topic's first messages before a checkpoint covered them."""
+        self._expected.setdefault((topic, partition), offset)
 
     def applied(self, topic: str, partition: int, offset: int) -> None:
         """The message at ``offset`` is now in the shard's state."""

@@ -149,8 +149,10 @@ def test_checkpoint_body_cannot_run_arbitrary_code() -> None:
 
 def test_a_gap_in_the_log_is_taken_once_the_re_read_shows_it() -> None:
     """Offsets need not be contiguous: a higher offset first seeks back; when the re-read
-    starts again above the expected offset (the offsets went back down), the missing offsets
-    do not exist and the partition carries on (chasing them would stall it)."""
+    starts again above the expected offset (the offsets went back down), it seeks once more
+    (another seek may have landed after its own); a second re-read that starts there too
+    shows the missing offsets do not exist, and the partition carries on (chasing them
+    would stall it)."""
     from streams.recovery import Admit, ShardRecovery
     from streams.shards import ShardPool
 
@@ -160,8 +162,10 @@ def test_a_gap_in_the_log_is_taken_once_the_re_read_shows_it() -> None:
     recovery.applied("t", 0, 11)
     assert recovery.admit("t", 0, 15) == (Admit.SEEK, 12)
     assert recovery.admit("t", 0, 16)[0] is Admit.SKIP  # fetched before the seek
+    assert recovery.admit("t", 0, 15) == (Admit.SEEK, 12)  # a re-read begins at 15: again
+    assert recovery.admit("t", 0, 16)[0] is Admit.SKIP
     assert recovery.gaps == 0
-    assert recovery.admit("t", 0, 15) == (Admit.PROCESS, 15)  # the re-read begins at 15
+    assert recovery.admit("t", 0, 15) == (Admit.PROCESS, 15)  # and again at 15: a gap
     assert recovery.gaps == 1
     recovery.applied("t", 0, 15)
     assert recovery.admit("t", 0, 3)[0] is Admit.SKIP
@@ -184,6 +188,24 @@ def test_missing_messages_are_re_read_and_stale_ones_never_taken_as_a_gap() -> N
     assert recovery.gaps == 0 and recovery.seeks == 2
     assert recovery.admit("t", 0, 150)[0] is Admit.SKIP  # redelivery of applied ones
     for offset in range(157, 200):
+        assert recovery.admit("t", 0, offset) == (Admit.PROCESS, offset)
+        recovery.applied("t", 0, offset)
+    assert recovery.gaps == 0
+
+
+def test_a_re_read_moved_by_another_seek_is_sought_back_not_taken_as_a_gap() -> None:
+    """Faust's own seek to the committed offsets can land after the shard's seek back: the
+    re-read then starts at the committed offset, above the expected one. That is sought back
+    again, and the messages from the expected offset on are all applied."""
+    from streams.recovery import Admit, ShardRecovery
+    from streams.shards import ShardPool
+
+    recovery = ShardRecovery(ShardPool())
+    recovery.start_at("t", 0, 0)
+    assert recovery.admit("t", 0, 3) == (Admit.SEEK, 0)  # resumed at the committed offset
+    assert recovery.admit("t", 0, 4)[0] is Admit.SKIP
+    assert recovery.admit("t", 0, 3) == (Admit.SEEK, 0)  # Faust's late seek to 3
+    for offset in range(0, 6):
         assert recovery.admit("t", 0, offset) == (Admit.PROCESS, offset)
         recovery.applied("t", 0, offset)
     assert recovery.gaps == 0

@@ -35,7 +35,7 @@ from skewscope.kafka.producer import EventProducer
 from streams.checkpoint import read_checkpoint
 from streams.topology import Topology
 from tests.live import consume_until, worker
-from tests.synthetic import T0_NS, collective_frames, topology
+from tests.synthetic import T0_NS, collective_frames, request_frame, topology
 
 HOP_NS = DetectorConfig().window.hop_ns
 INTERVAL_WINDOWS = 4  # the worker's default checkpoint interval
@@ -261,6 +261,82 @@ def test_killed_worker_recovers_from_changelog_without_early_input(settings: Set
         assert watermark < r["last_seen_ns"] <= watermark + INTERVAL_WINDOWS * HOP_NS, (
             f"re-emitted {r['entity']} v{r['version']} is not from the last checkpoint interval"
         )
+
+
+def _late_requests(deployment: str, first_seq: int, count: int) -> list[Frame]:
+    """Engine request frames dated 0.5 s into the run: behind every checkpoint's watermark,
+    so they are late in whatever order a re-read interleaves them with the collectives."""
+    at_ns = T0_NS + 500_000_000
+    return [
+        (
+            deployment,
+            "EngineRequestFrame",
+            request_frame(deployment, "node0", [(0, 0, at_ns)], [f"r{seq}"], seq, at_ns),
+        )
+        for seq in range(first_seq, first_seq + count)
+    ]
+
+
+def _committed(settings: Settings, group: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    try:
+        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        return int(tp.offset)
+    finally:
+        consumer.close()
+
+
+def test_a_topic_first_read_after_a_checkpoint_is_read_again_after_a_crash(
+    settings: Settings,
+) -> None:
+    """A telemetry topic whose first messages come after the shard's last checkpoint, and
+    which the group commits past before the next one: the checkpoint carries where that
+    topic started, so the restarted worker reads them again and nothing is lost."""
+    settings = _isolated(settings, partitions=1)
+    (dep,) = _deployments(1, 1)
+    collectives = [(dep, s, r) for s, r in collective_frames({5: 1.2}, 6, dep)]
+    first, second = collectives[: len(collectives) // 2], collectives[len(collectives) // 2 :]
+    requests, more_requests = _late_requests(dep, 0, 3), _late_requests(dep, 3, 2)
+    _, progress = _reference_run(first + requests + second + more_requests, [dep], 1)
+    app_id = f"worker-{uuid.uuid4().hex[:8]}"
+    topic = settings.topics.engine_requests
+    _produce(settings, first, with_topology=[dep])
+    with worker(settings, 16077, app_id) as proc:
+        status = _wait_status(
+            16077,
+            proc,
+            lambda st: (
+                st["shards"].get("0", {}).get("frames") == len(first)
+                and st["recovery"]["checkpoints"] > 0
+            ),
+        )
+        checkpoints = status["recovery"]["checkpoints"]
+        with EventProducer(settings) as producer:
+            for key, schema, record in requests:
+                producer.send(topic, key, schema, record)
+        status = _wait_status(
+            16077, proc, lambda st: st["shards"]["0"]["frames"] == len(first) + len(requests)
+        )
+        deadline = time.monotonic() + 30
+        while _committed(settings, app_id, topic) < len(requests):
+            assert time.monotonic() < deadline, "the group never committed the requests topic"
+            time.sleep(0.5)  # Faust commits on its own interval; nothing to wait on
+        status = _status(16077)
+        assert status["recovery"]["checkpoints"] == checkpoints, (
+            "a checkpoint covered the requests: the crash below would prove nothing"
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    shutil.rmtree(settings.var_dir / "faust" / app_id)
+    (checkpoint,) = _latest_checkpoints(settings, app_id).values()
+    assert checkpoint.offsets[(topic, 0)] == 0, "the checkpoint holds where requests start"
+    with EventProducer(settings) as producer:
+        for key, schema, record in second:
+            producer.send(settings.topics.collectives, key, schema, record)
+        for key, schema, record in more_requests:
+            producer.send(topic, key, schema, record)
+    with worker(settings, 16078, app_id) as proc:
+        _wait_progress([16078], proc, progress)
 
 
 def test_worker_rides_out_a_broker_restart(settings: Settings) -> None:

@@ -33,7 +33,7 @@ from streams.replay.progress import Progress
 from streams.shards import ShardPool
 
 IGNORED_SCHEMAS = frozenset({"Verdict", "FeatureWindow", "DeadLetter"})
-_PROGRESS_EVERY = 256
+PROGRESS_EVERY = 256
 
 
 @dataclass
@@ -139,19 +139,9 @@ class Replayer:
                 self._note_event_time(self.pool.shards[m.partition].watermark_ns)
                 if outputs:
                     self._collect(outputs)
-            elif role == "topology":
-                record = self._decode(m)
-                if record is not None:
-                    self.pool.update_topology(record)
-                    stats.topology_records += 1
-            elif role == "labels":
-                record = self._decode(m)
-                if record is not None:
-                    self.labels.append(record)
-                    stats.label_records += 1
             else:
-                stats.ignored_messages += 1
-            if self.progress is not None and stats.messages % _PROGRESS_EVERY == 0:
+                self._take_other(m, role)
+            if self.progress is not None and stats.messages % PROGRESS_EVERY == 0:
                 self._progress(fraction())
         if flush:
             self._collect(self.pool.flush())
@@ -171,6 +161,25 @@ class Replayer:
             stats=self.stats,
             nodes=self.pool.topology.nodes(),
         )
+
+    def _take_other(self, m: RawMessage, role: str) -> dict[str, Any] | None:
+        """A message that is not telemetry: a topology record (applied and returned), a label
+        (kept) or one to skip (counted)."""
+        stats = self.stats
+        if role == "topology":
+            record = self._decode(m)
+            if record is not None:
+                self.pool.update_topology(record)
+                stats.topology_records += 1
+            return record
+        if role == "labels":
+            record = self._decode(m)
+            if record is not None:
+                self.labels.append(record)
+                stats.label_records += 1
+        else:
+            stats.ignored_messages += 1
+        return None
 
     def _note_event_time(self, watermark_ns: int) -> None:
         if watermark_ns <= 0:

@@ -32,7 +32,7 @@ from typing import Any
 from models.detector import Output
 from schemas.errors import CodecError
 from skewscope.config import Topics
-from streams.replay.backtest import Replayer, RunResult
+from streams.replay.backtest import PROGRESS_EVERY, Replayer, RunResult
 from streams.replay.config import Configuration
 from streams.replay.message import RawMessage
 from streams.replay.progress import Progress
@@ -174,21 +174,12 @@ class ParallelReplayer(Replayer):
                 if len(batch) >= BATCH_MESSAGES:
                     self._send(slot, batch)
                     batches[slot] = []
-            elif role == "topology":
-                record = self._decode(m)
-                if record is not None:
-                    self.pool.update_topology(record)
-                    stats.topology_records += 1
-                    for batch in batches:
-                        batch.append((index, _TOPOLOGY, record))
-            elif role == "labels":
-                record = self._decode(m)
-                if record is not None:
-                    self.labels.append(record)
-                    stats.label_records += 1
             else:
-                stats.ignored_messages += 1
-            if self.progress is not None and stats.messages % 256 == 0:
+                topology = self._take_other(m, role)
+                if topology is not None:  # every worker's detectors read the topology
+                    for batch in batches:
+                        batch.append((index, _TOPOLOGY, topology))
+            if self.progress is not None and stats.messages % PROGRESS_EVERY == 0:
                 self._progress(fraction())
         for slot, batch in enumerate(batches):
             if batch:

@@ -265,7 +265,6 @@ class _Worker:
         self.outputs: list[tuple[Tag, Output]] = []
         self.created: dict[int, int] = {}
         self.bad_messages = 0
-        self.handled = 0
         self.first_ns: int | None = None
         self.last_ns: int | None = None
 
@@ -303,10 +302,16 @@ class _Worker:
             self.outputs.append(((index, 0, seq), self._reduce(out)))
 
     def _reduce(self, out: Output) -> Output:
-        """A feature window cut to the features the report plots (less to send back)."""
+        """What the parent needs of an output, as it is now: a verdict as its reader sees it
+        (through the wire format, as one process takes it at once: fusion updates the dict
+        of the verdict it last emitted later on), a feature window cut to the features the
+        report plots."""
+        rec = out.record
+        if out.schema == "Verdict":
+            codec = self.pool.codec
+            return Output(out.schema, out.key, codec.decode(codec.encode("Verdict", rec)).record)
         if out.schema != "FeatureWindow":
             return out
-        rec = out.record
         kept = {n: v for n, v in rec["features"].items() if n in self.evidence}
         record = {
             "entity": rec["entity"],

@@ -75,9 +75,15 @@ class WatermarkTracker:
     def claim(self, clock: Hashable, event_ns: int) -> bool:
         """Record that a frame of ``clock`` reaches ``event_ns``; False when it is too far
         ahead to take yet (hold it and ask :meth:`accepts` again later)."""
-        if event_ns > self._claims_ns.get(clock, -(2**63)):
+        claimed = self._claims_ns.get(clock, -(2**63))
+        if event_ns > claimed:
             self._claims_ns[clock] = event_ns
-        return self.accepts(clock, event_ns)
+        taken = self.accepts(clock, event_ns)
+        if taken and self.ahead_limit_ns > 0 and claimed > event_ns + self.ahead_limit_ns:
+            # a frame of a clock that had run far ahead is taken in time: the clock is back,
+            # and its old claim must not confirm another clock's jump to that date
+            self._claims_ns[clock] = event_ns
+        return taken
 
     def accepts(self, clock: Hashable, event_ns: int) -> bool:
         """Whether a frame of ``clock`` reaching ``event_ns`` may be taken: it is within

@@ -135,3 +135,17 @@ def test_a_dead_nodes_clock_does_not_hold_the_living_one() -> None:
         assert tracker.claim("alive", t)
         tracker.observe(("alive",), t)
     assert not tracker.claim("rogue", 10**9 * S)
+
+
+def test_a_clock_that_came_back_confirms_nothing_at_its_old_date() -> None:
+    """A clock ran a year ahead, then came back: its old claim does not let another clock's
+    jump to that date through unconfirmed."""
+    tracker = WatermarkTracker(0, S, ahead_limit_ns=30 * S)
+    for t in range(0, 10 * S, S // 2):
+        for clock in ("a", "b"):
+            assert tracker.claim(clock, t)
+            tracker.observe((clock,), t)
+    assert not tracker.claim("b", YEAR_NS)  # b runs away: held
+    assert tracker.claim("b", 10 * S)  # and comes back
+    tracker.observe(("b",), 10 * S)
+    assert not tracker.claim("a", YEAR_NS), "b's old claim confirmed a's jump"

@@ -183,7 +183,7 @@ class ShardRecovery:
 
     def start_at(self, topic: str, partition: int, offset: int) -> None:
         """Where the consumer starts on a topic-partition the shard has no position on yet
-        (read at assignment, after the seek to the committed offsets). It enters the next
+        (the app asks the group's committed offset before a checkpoint). It enters the next
         checkpoint, so a restore seeks that topic back there even when the group committed
         past the topic's first messages before a checkpoint covered them."""
         self._expected.setdefault((topic, partition), offset)

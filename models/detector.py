@@ -161,16 +161,16 @@ class Detector:
             self.stats.ignored_frames += 1
             return
         cols = unpack(schema, record)
+        stream = (record["deployment"], extractor.SOURCE, record["node"])
         if self.config.ahead_hold_ns > 0:
             reach_ns = int(record.get("frame_end_ns") or 0) or _newest_row_ns(schema, cols)
             if reach_ns:
-                stream = (record["deployment"], extractor.SOURCE, record["node"])
                 if not self.watermarks.claim(record["clock_id"], reach_ns):
                     self._hold(stream, schema, record, reach_ns)
                     return
                 if self._ahead:
                     self._release(stream)
-        self._ingest(extractor, schema, record, cols)
+        self._ingest(extractor, schema, record, cols, stream)
 
     def _hold(
         self, stream: tuple[str, str, str], schema: str, record: dict[str, Any], reach_ns: int
@@ -197,7 +197,8 @@ class Detector:
                 if not self.watermarks.accepts(record["clock_id"], reach_ns):
                     break
                 held.popleft()
-                self._ingest(self.extractors[schema], schema, record, unpack(schema, record))
+                extractor = self.extractors[schema]
+                self._ingest(extractor, schema, record, unpack(schema, record), stream)
             if held and stream == accepted:
                 self.stats.frames_dropped_ahead += len(held)
                 held.clear()
@@ -205,7 +206,12 @@ class Detector:
                 del self._ahead[stream]
 
     def _ingest(
-        self, extractor: Extractor, schema: str, record: dict[str, Any], cols: dict[str, Any]
+        self,
+        extractor: Extractor,
+        schema: str,
+        record: dict[str, Any],
+        cols: dict[str, Any],
+        stream: tuple[str, str, str],
     ) -> None:
         first_ns, last_ns = extractor.ingest(record, cols)
         if schema == "GpuSampleFrame" and len(cols["gpu_index"]):
@@ -219,7 +225,6 @@ class Detector:
                 return
             first_ns = last_ns = frame_end_ns  # an empty frame still proves the source alive
         last_ns = max(last_ns, frame_end_ns)
-        stream = (record["deployment"], extractor.SOURCE, record["node"])
         if not self.watermarks.observe(stream, first_ns):
             self.stats.late_frames += 1
             self._late_events += _rows(record)

@@ -55,6 +55,15 @@ class ReplayStats:
     event_last_ns: int | None = None
     workers: int = 1  # processes the detectors ran in (streams/replay/parallel.py)
 
+    def note_event_time(self, watermark_ns: int) -> None:
+        """Widen the event-time span the replay covered to a shard's watermark (if set)."""
+        if watermark_ns <= 0:
+            return
+        if self.event_first_ns is None or watermark_ns < self.event_first_ns:
+            self.event_first_ns = watermark_ns
+        if self.event_last_ns is None or watermark_ns > self.event_last_ns:
+            self.event_last_ns = watermark_ns
+
     @property
     def event_span_ns(self) -> int:
         if self.event_first_ns is None or self.event_last_ns is None:
@@ -136,7 +145,7 @@ class Replayer:
                 except CodecError:
                     stats.bad_messages += 1
                     continue
-                self._note_event_time(self.pool.shards[m.partition].watermark_ns)
+                stats.note_event_time(self.pool.shards[m.partition].watermark_ns)
                 if outputs:
                     self._collect(outputs)
             else:
@@ -180,15 +189,6 @@ class Replayer:
         else:
             stats.ignored_messages += 1
         return None
-
-    def _note_event_time(self, watermark_ns: int) -> None:
-        if watermark_ns <= 0:
-            return
-        stats = self.stats
-        if stats.event_first_ns is None or watermark_ns < stats.event_first_ns:
-            stats.event_first_ns = watermark_ns
-        if stats.event_last_ns is None or watermark_ns > stats.event_last_ns:
-            stats.event_last_ns = watermark_ns
 
     def _decode(self, m: RawMessage) -> dict[str, Any] | None:
         try:

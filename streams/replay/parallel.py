@@ -32,7 +32,7 @@ from typing import Any
 from models.detector import Output
 from schemas.errors import CodecError
 from skewscope.config import Topics
-from streams.replay.backtest import PROGRESS_EVERY, Replayer, RunResult
+from streams.replay.backtest import PROGRESS_EVERY, Replayer, ReplayStats, RunResult
 from streams.replay.config import Configuration
 from streams.replay.message import RawMessage
 from streams.replay.progress import Progress
@@ -228,7 +228,7 @@ class ParallelReplayer(Replayer):
             stats.windows_closed += r["windows_closed"]
             for watermark_ns in (r["event_first_ns"], r["event_last_ns"]):
                 if watermark_ns is not None:
-                    self._note_event_time(watermark_ns)
+                    stats.note_event_time(watermark_ns)
 
     def _gather_detector_stats(self) -> None:
         """The workers' detectors are not here; :meth:`_merge` adds up what they reported."""
@@ -265,8 +265,7 @@ class _Worker:
         self.outputs: list[tuple[Tag, Output]] = []
         self.created: dict[int, int] = {}
         self.bad_messages = 0
-        self.first_ns: int | None = None
-        self.last_ns: int | None = None
+        self.span = ReplayStats()  # the event-time span of this worker's shards
 
     def serve(self, conn: Connection) -> dict[str, Any]:
         while True:
@@ -292,12 +291,7 @@ class _Worker:
             return
         if new:
             self.created[partition] = index
-        watermark_ns = pool.shards[partition].watermark_ns
-        if watermark_ns > 0:
-            if self.first_ns is None or watermark_ns < self.first_ns:
-                self.first_ns = watermark_ns
-            if self.last_ns is None or watermark_ns > self.last_ns:
-                self.last_ns = watermark_ns
+        self.span.note_event_time(pool.shards[partition].watermark_ns)
         for seq, out in enumerate(outputs):
             self.outputs.append(((index, 0, seq), self._reduce(out)))
 
@@ -335,15 +329,15 @@ class _Worker:
             "samples": sum(d.stats.samples for d in dets),
             "late_frames": sum(d.stats.late_frames for d in dets),
             "windows_closed": sum(d.stats.windows_closed for d in dets),
-            "event_first_ns": self.first_ns,
-            "event_last_ns": self.last_ns,
+            "event_first_ns": self.span.event_first_ns,
+            "event_last_ns": self.span.event_last_ns,
         }
 
     def _publish_progress(self) -> None:
         shared, base = self.shared, self.base
         shared[base] = sum(d.stats.samples for d in self.pool.shards.values())
-        shared[base + 1] = self.first_ns or 0
-        shared[base + 2] = self.last_ns or 0
+        shared[base + 1] = self.span.event_first_ns or 0
+        shared[base + 2] = self.span.event_last_ns or 0
 
 
 def _work(conn: Connection, pool: ShardPool, evidence: set[str], shared: Any, slot: int) -> None:

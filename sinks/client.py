@@ -97,7 +97,9 @@ class DeploymentState:
 @dataclass(frozen=True)
 class Change:
     """One applied change: kind is verdict, heartbeat, expired, capacity, resync,
-    disconnected, or rebuilding / rebuilt (a sink refilling an empty Redis, then done)."""
+    disconnected, rebuilding / rebuilt (a sink refilling an empty Redis, then done), or
+    moved (the entity's verdict now belongs to another deployment: ``deployment`` is the one
+    it left, whose avoid-list no longer holds it)."""
 
     kind: str
     entity: str = ""

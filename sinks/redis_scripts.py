@@ -40,8 +40,12 @@ end
 
 # ARGV: 1 entity, 2 deployment, 3 version, 4 kind (verdict|heartbeat), 5 state, 6 score,
 # 7 avoidable (1|0), 8 ttl_ms, 9 verdict json, 10 last_seen_ns, 11 kafka timestamp ms (0: none),
-# 12 avoid share, 13 history maxlen, 14 channel, 15 freshness bound ns, 16 condition.
+# 12 avoid share, 13 history maxlen, 14 channel, 15 freshness bound ns, 16 condition,
+# 17-19 the key names of a deployment's ranking, avoid-list and hash less the deployment.
 # Returns {1, version} when applied, {0, current version} when ignored (older or equal).
+# A verdict whose entity was last seen in another deployment (a rank moved to another
+# replica) takes it out of that deployment's ranking and avoid-list, announced there as
+# ``moved``: the old replica's scheduler must not keep avoiding it.
 WRITE = (
     _COMMON
     + r"""
@@ -68,7 +72,18 @@ if kind == 'heartbeat' then
   message['avoid'] = redis.call('ZRANGE', KEYS[8], 0, -1, 'REV', 'WITHSCORES')
 else
   local ttl = tonumber(ARGV[8])
+  local moved_from = redis.call('HGET', KEYS[3], entity)
   redis.call('HSET', KEYS[3], entity, deployment)
+  if moved_from and moved_from ~= deployment then
+    local old_ranked = ARGV[17] .. moved_from
+    local old_hash = ARGV[19] .. moved_from
+    if redis.call('ZREM', old_ranked, entity) == 1 then
+      local old_avoid = rebuild_avoid(old_ranked, ARGV[18] .. moved_from, KEYS[10], old_hash,
+                                      moved_from, tonumber(ARGV[12]))
+      announce(ARGV[14], old_hash, {kind = 'moved', entity = entity, deployment = moved_from,
+                                    version = version, avoid = old_avoid})
+    end
+  end
   redis.call('SET', KEYS[1], ARGV[9], 'PX', ttl)
   redis.call('ZADD', KEYS[4], ms(now + ttl), entity)
   if ARGV[7] == '1' then

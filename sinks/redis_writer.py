@@ -187,4 +187,7 @@ class RedisWriter:
             self.layout.channel,
             str(ttl),
             str(record.get("condition", "")),
+            self.layout.ranked(""),
+            self.layout.avoid(""),
+            self.layout.deployment(""),
         ]

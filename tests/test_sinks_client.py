@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -82,6 +83,36 @@ def test_lookups_follow_notifications(writer: RedisWriter, client: SchedulerClie
     writer.write(verdict("dep0/rank2", 2, state="resolved"))
     wait_until(lambda: client.health("dep0/rank2").health is Health.HEALTHY, what="resolution")
     assert client.avoid_list("dep0") == [("dep0/rank3", 0.6), ("dep0/rank1", 0.4)]
+
+
+def test_an_entity_that_moves_deployment_leaves_the_old_avoid_list(
+    writer: RedisWriter, client: SchedulerClient
+) -> None:
+    """A node reassigned to another replica: its next verdict names the new deployment, and
+    the old replica's scheduler stops avoiding it at once (not when the old verdict's TTL
+    runs out), told by a ``moved`` change."""
+    for dep in ("dep0", "dep1"):
+        writer.set_capacity(dep, 4)  # share 0.5 -> cap 2
+    changes = client.watch(timeout_s=5)
+    writer.write(verdict("node07", 1, deployment="dep0", severity=0.8, confidence=1.0))
+    writer.write(verdict("dep0/rank1", 1, deployment="dep0", severity=0.4, confidence=1.0))
+    writer.write(verdict("node07", 2, deployment="dep1", severity=0.7, confidence=1.0))
+    # (a capacity change set just before may still arrive)
+    got = list(itertools.islice((c for c in changes if c.kind != "capacity"), 4))
+    assert [(c.kind, c.entity, c.deployment, c.version) for c in got] == [
+        ("verdict", "node07", "dep0", 1),
+        ("verdict", "dep0/rank1", "dep0", 1),
+        ("moved", "node07", "dep0", 2),
+        ("verdict", "node07", "dep1", 2),
+    ]
+    assert client.avoid_list("dep0") == [("dep0/rank1", 0.4)]
+    assert client.avoid_list("dep1") == [("node07", 0.7)]
+    lay = writer.layout
+    assert writer.client.zrange(lay.ranked("dep0"), 0, -1) == [b"dep0/rank1"]
+    assert writer.client.zrange(lay.ranked("dep1"), 0, -1) == [b"node07"]
+    writer.write(verdict("node07", 3, deployment="dep1", state="resolved"))  # no move
+    wait_until(lambda: client.avoid_list("dep1") == [], what="resolution in dep1")
+    assert client.avoid_list("dep0") == [("dep0/rank1", 0.4)]
 
 
 def test_client_started_after_the_writes_loads_them_by_resync(

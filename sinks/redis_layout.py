@@ -27,6 +27,10 @@ key                                     type    content
 ``<p>rebuilding``                       string  set while a sink refills an empty Redis
                                                 from the verdict topic (the epoch); the
                                                 client reads every entity unknown then
+``<p>rebuild_pending``                  set     the verdict topic's partitions whose
+                                                verdicts (as of the rebuild's start) are not
+                                                in yet; the last sink to catch up clears
+                                                ``<p>rebuilding``
 ======================================  ======  ===============================================
 
 Limits: a standalone Redis (or one cluster hash slot): scripts touch per-deployment and
@@ -95,6 +99,10 @@ class RedisLayout:
     @property
     def rebuilding(self) -> str:
         return f"{self.prefix}rebuilding"
+
+    @property
+    def rebuild_pending(self) -> str:
+        return f"{self.prefix}rebuild_pending"
 
     @property
     def channel(self) -> str:

@@ -142,3 +142,38 @@ announce(ARGV[4], KEYS[4], {kind = 'capacity', entity = '', deployment = deploym
 return 1
 """
 )
+
+# KEYS: 1 sink epoch, 2 rebuilding, 3 rebuild pending. ARGV: 1 the new epoch, 2.. the verdict
+# topic's partitions. Starts the epoch unless another sink did first (SET NX): the flag and
+# the partitions still to read are set with it, so no sink sees the one without the other.
+# Returns 1 when this call started it.
+START_EPOCH = r"""
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+for i = 2, #ARGV do
+  redis.call('SADD', KEYS[3], ARGV[i])
+end
+return 1
+"""
+
+# KEYS: 1 rebuilding, 2 rebuild pending. ARGV: 1 the epoch, 2 channel, 3.. partitions this
+# sink has caught up on. Takes them off the pending set; the sink that empties it clears the
+# flag and announces ``rebuilt``. Returns 1 then, 0 while partitions remain (or the flag
+# names another epoch, or is gone).
+CAUGHT_UP = r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+for i = 3, #ARGV do
+  redis.call('SREM', KEYS[2], ARGV[i])
+end
+if redis.call('SCARD', KEYS[2]) > 0 then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], cjson.encode({kind = 'rebuilt', epoch = ARGV[1]}))
+return 1
+"""

@@ -33,10 +33,12 @@ from typing import Any
 import redis
 from confluent_kafka import KafkaException
 
+from infra.kafka_admin import admin_client
 from sinks.config import SinkConfig
 from sinks.connection import redacted_url
 from sinks.metrics import METRICS, SinkMetrics
 from sinks.redis_layout import as_text
+from sinks.redis_scripts import CAUGHT_UP, START_EPOCH
 from sinks.redis_writer import InvalidVerdictError, RedisWriter
 from skewscope.config import Settings
 from skewscope.kafka.consumer import DecodingConsumer, Event
@@ -92,6 +94,10 @@ class RedisSink:
         self._url = redacted_url(settings.redis_url)
         self._consumer: DecodingConsumer | None = None
         self._rebuild_ends: dict[int, int] | None = None  # the topic's ends when it began
+        self._reported_done: list[int] | None = None  # partitions last taken off as read
+        self._next_report = 0.0
+        self._start_epoch = client.register_script(START_EPOCH)
+        self._caught_up = client.register_script(CAUGHT_UP)
         self._dead_letters_seen = 0
         self._next_check = 0.0
 
@@ -134,18 +140,28 @@ class RedisSink:
         return len(events)
 
     def _finish_rebuild(self) -> None:
-        """Clear ``<p>rebuilding`` once the verdicts the topic held when the rebuild began
-        are in Redis (this sink's partitions: with several sinks, the first to catch up
-        clears it), and tell the clients."""
+        """Take the partitions this sink has read up to where they ended when the rebuild
+        began off ``<p>rebuild_pending``; the sink that empties it clears ``<p>rebuilding``
+        and tells the clients. With several sinks on one Redis the flag stays until every
+        partition is in, whichever sink reads it (a partition that moves to another member
+        is taken off by the one that reads it to its end)."""
         assert self._consumer is not None and self._rebuild_ends is not None
-        if not self._consumer.caught_up(self._rebuild_ends):
+        done = self._consumer.caught_up_partitions(self._rebuild_ends)
+        if done is None:
             return
+        now = time.monotonic()
+        if done == self._reported_done and now < self._next_report:
+            return  # nothing new to take off; ask again at the next check
+        self._reported_done, self._next_report = done, now + self.check_interval_s
         lay = self.writer.layout
-        if self._rebuilding_epoch() == self.epoch:
-            self.client.delete(lay.rebuilding)
-            self.client.publish(lay.channel, json.dumps({"kind": "rebuilt", "epoch": self.epoch}))
+        finished = self._caught_up(
+            keys=[lay.rebuilding, lay.rebuild_pending],
+            args=[self.epoch, lay.channel, *done],
+        )
+        if finished:
             log.info("redis sink: Redis refilled from %s (epoch %s)", self.topic, self.epoch)
-        self._rebuild_ends = None
+        if finished or self._rebuilding_epoch() != self.epoch:
+            self._rebuild_ends = None
 
     def _commit(self) -> None:
         """Commit the written batch. A refused commit (the group rebalanced, or our member
@@ -173,13 +189,18 @@ class RedisSink:
         key = lay.sink_epoch
         found = self.client.get(key)
         if found is None:
-            self.client.set(key, f"{int(time.time())}-{uuid.uuid4().hex[:8]}", nx=True)
-            found = self.client.get(key)
-            # until the topic's verdicts are back in, clients read every entity unknown
-            self.client.set(lay.rebuilding, as_text(found))
-            self.client.publish(
-                lay.channel, json.dumps({"kind": "rebuilding", "epoch": as_text(found)})
+            new = f"{int(time.time())}-{uuid.uuid4().hex[:8]}"
+            # Until the topic's verdicts are back in, clients read every entity unknown:
+            # the flag is set with the epoch, and with the partitions still to read.
+            started = self._start_epoch(
+                keys=[key, lay.rebuilding, lay.rebuild_pending],
+                args=[new, *self._topic_partitions()],
             )
+            found = self.client.get(key)
+            if found is None:
+                raise redis.ConnectionError("the sink epoch vanished as it was set")
+            if started:
+                self.client.publish(lay.channel, json.dumps({"kind": "rebuilding", "epoch": new}))
             if self.epoch:
                 log.warning(
                     "redis sink: Redis at %s came back without its content; rebuilding it "
@@ -199,10 +220,24 @@ class RedisSink:
             self.settings, [self.topic], group_id=self.group_id, name="redis-sink"
         )
         self._rebuild_ends = None
+        self._reported_done = None
         if self._rebuilding_epoch() == epoch:  # (also a sink restarted midway)
             self._rebuild_ends = self._consumer.end_offsets(self.topic)
         self._dead_letters_seen = 0
         log.info("redis sink: consuming %s as group %s", self.topic, self.group_id)
+
+    def _topic_partitions(self) -> list[int]:
+        """The verdict topic's partitions, for a rebuild to wait for; [] when the broker
+        does not say (then the first sink to catch up ends the rebuild, as before)."""
+        try:
+            meta = admin_client(self.settings, quiet=True).list_topics(self.topic, timeout=10)
+        except KafkaException as exc:
+            log.warning("redis sink: partitions of %s unknown (%s)", self.topic, exc)
+            return []
+        found = meta.topics.get(self.topic)
+        if found is None or found.error is not None:
+            return []
+        return sorted(found.partitions)
 
     def _usable(self, events: Sequence[Event]) -> list[tuple[dict[str, Any], int]]:
         """The verdicts Redis can take, as (record, Kafka timestamp); the others go to the

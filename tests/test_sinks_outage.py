@@ -256,3 +256,76 @@ def test_a_rebuild_is_flagged_until_the_topics_verdicts_are_back_in_redis(
     assert watcher.get(layout.rebuilding) is None
     assert len(stored_versions(server.url, config)) == 30  # all in before the flag went
     watcher.close()
+
+
+def test_with_two_sinks_a_rebuild_is_flagged_until_both_have_read_their_partitions(
+    settings: Settings, topic: str, server: PrivateRedis
+) -> None:
+    """Two sinks of one group refill an empty Redis, a partition each. The one that is done
+    first must not end the rebuild: clients would read the other partition's entities as
+    healthy (no verdict) while their firing verdicts are still on their way."""
+    test_settings = dataclasses.replace(settings, redis_url=server.url)
+    config = sink_config()
+    _published(test_settings, topic, range(VERDICTS))
+    layout = RedisLayout(config.key_prefix)
+    watcher = redis.Redis.from_url(server.url)
+    pubsub = watcher.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(layout.channel)
+    wait_until(lambda: pubsub.get_message(timeout=0.01) is None and pubsub.subscribed)
+    sinks = [
+        RedisSink(
+            test_settings,
+            config,
+            connect(server.url, config),
+            topic=topic,
+            metrics=SinkMetrics(CollectorRegistry()),
+            batch_size=1,  # a verdict a step: the group settles before either is done
+            poll_timeout_s=0.005,
+            check_interval_s=0.05,
+        )
+        for _ in range(2)
+    ]
+
+    def assigned(sink: RedisSink) -> set[int]:
+        assert sink._consumer is not None
+        return {tp.partition for tp in sink._consumer._consumer.assignment()}
+
+    kinds: list[str] = []
+
+    def announced() -> None:
+        while (message := pubsub.get_message(timeout=0.01)) is not None:
+            kind = json.loads(message["data"]).get("kind")
+            if kind in ("rebuilding", "rebuilt"):
+                kinds.append(kind)
+
+    first, second = sinks
+    try:
+        for _ in range(600):  # both join the group and get a partition each
+            first.step()
+            second.step()
+            if len(assigned(first)) == 1 and len(assigned(second)) == 1:
+                break
+        (mine,), (theirs,) = assigned(first), assigned(second)
+        for _ in range(3 * VERDICTS):  # only the first reads on, to its partition's end
+            first.step()
+            if watcher.smembers(layout.rebuild_pending) == {str(theirs).encode()}:
+                break
+        announced()
+        assert watcher.get(layout.rebuilding) is not None, "ended with a partition unread"
+        assert kinds == ["rebuilding"]
+        for _ in range(3 * VERDICTS):
+            second.step()
+            announced()
+            if "rebuilt" in kinds:
+                break
+    finally:
+        for sink in sinks:
+            sink.close()
+        pubsub.close()
+    assert mine != theirs and kinds == ["rebuilding", "rebuilt"]
+    assert watcher.get(layout.rebuilding) is None
+    assert len(stored_versions(server.url, config)) == VERDICTS  # all in before the flag went
+    watcher.close()
+
+
+VERDICTS = 400  # more than one sink reads in the seconds the second one takes to join

@@ -101,19 +101,20 @@ class DecodingConsumer:
         by_partition = {tp.partition: tp.offset for tp in positions}
         return all(end <= 0 or by_partition.get(p, -1) >= end for p, end in ends.items())
 
-    def caught_up(self, ends: dict[int, int]) -> bool:
-        """True when this consumer has partitions and each assigned one of ``ends`` is at or
-        past its end (a group member reads only its share; an empty topic is caught up)."""
-        if all(end <= 0 for end in ends.values()):
-            return True
+    def caught_up_partitions(self, ends: dict[int, int]) -> list[int] | None:
+        """The partitions of ``ends`` this consumer has nothing left to read in: the empty
+        ones (end <= 0), and the assigned ones whose position is at or past their end; None
+        while it has no assignment yet (a group member reads only its share)."""
+        empty = [p for p, end in ends.items() if end <= 0]
         positions = self._consumer.position(self._consumer.assignment())
         if not positions:
-            return False
-        return all(
-            tp.offset >= ends[tp.partition] or ends[tp.partition] <= 0
+            return empty if len(empty) == len(ends) else None
+        read = [
+            tp.partition
             for tp in positions
-            if tp.partition in ends
-        )
+            if tp.partition in ends and ends[tp.partition] > 0 and tp.offset >= ends[tp.partition]
+        ]
+        return sorted(empty + read)
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Messages behind the high watermark, per assigned partition."""

@@ -122,6 +122,7 @@ class RedisLayout:
             self.worst,
             self.capacity,
             self.history,
+            self.rebuilding,
         ]
 
 

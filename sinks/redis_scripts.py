@@ -2,7 +2,7 @@
 
 KEYS of ``WRITE`` and ``EXPIRE`` follow :meth:`sinks.redis_layout.RedisLayout.change_keys`:
 1 verdict, 2 versions, 3 entity_deployment, 4 expiry, 5 deployments, 6 deployment hash,
-7 ranked, 8 avoid, 9 worst, 10 capacity, 11 history.
+7 ranked, 8 avoid, 9 worst, 10 capacity, 11 history, 12 rebuilding.
 
 Versions and event times are int64 nanoseconds, beyond the 2^53 a Lua number holds exactly,
 so the scripts compare them as decimal strings (``newer``): callers pass canonical,
@@ -72,6 +72,19 @@ if kind == 'heartbeat' then
   message['avoid'] = redis.call('ZRANGE', KEYS[8], 0, -1, 'REV', 'WITHSCORES')
 else
   local ttl = tonumber(ARGV[8])
+  -- While a sink refills an empty Redis from the topic, a verdict lives until its own
+  -- event-time expiry (last_seen + ttl), not a TTL from now: one the detector stopped
+  -- refreshing long ago must not come back as current. One already past it is stored for
+  -- 1 ms (its version still counts) and kept off the rankings.
+  local stale = false
+  if redis.call('EXISTS', KEYS[12]) == 1 then
+    local left = math.floor(tonumber(ARGV[10]) / 1000000) + ttl - now
+    if left <= 0 then
+      ttl, stale = 1, true
+    elseif left < ttl then
+      ttl = left
+    end
+  end
   local moved_from = redis.call('HGET', KEYS[3], entity)
   redis.call('HSET', KEYS[3], entity, deployment)
   if moved_from and moved_from ~= deployment then
@@ -86,7 +99,7 @@ else
   end
   redis.call('SET', KEYS[1], ARGV[9], 'PX', ttl)
   redis.call('ZADD', KEYS[4], ms(now + ttl), entity)
-  if ARGV[7] == '1' then
+  if ARGV[7] == '1' and not stale then
     redis.call('ZADD', KEYS[7], ARGV[6], entity)
     redis.call('ZADD', KEYS[9], ARGV[6], entity)
   else

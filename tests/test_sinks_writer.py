@@ -123,6 +123,33 @@ def test_verdict_expires_after_its_ttl_and_leaves_the_avoid_list(
     assert writer.sweep_expired() == 0
 
 
+def test_a_rebuild_keeps_a_verdict_only_until_its_event_time_expiry(
+    writer: RedisWriter, client: redis.Redis
+) -> None:
+    """Refilling an empty Redis from the topic, a firing verdict the detector stopped
+    refreshing two minutes ago (60 s TTL) must not come back as current for another 60 s:
+    it is kept off the rankings and gone at once; one seen 50 s ago lives its last 10 s. Its
+    version still counts. Outside a rebuild the TTL counts from the write, as documented."""
+    writer.set_capacity("dep0", 10)
+    layout = writer.layout
+    now_ns = time.time_ns()
+    client.set(layout.rebuilding, "epoch-under-test")
+    for entity, age_s in (("dep0/rank1", 120), ("dep0/rank2", 50)):
+        seen_ns = now_ns - age_s * NS_PER_S
+        old = verdict(entity, 1, first_seen_ns=seen_ns, last_seen_ns=seen_ns)
+        assert writer.write(old).applied
+    wait_until(lambda: not client.exists(layout.verdict("dep0/rank1")), 2, "the stale one gone")
+    assert 8_000 < client.pttl(layout.verdict("dep0/rank2")) <= 10_000
+    assert client.zrange(layout.ranked("dep0"), 0, -1) == [b"dep0/rank2"]
+    assert client.zrange(layout.avoid("dep0"), 0, -1) == [b"dep0/rank2"]
+    assert client.zrange(layout.worst, 0, -1) == [b"dep0/rank2"]
+    assert not writer.write(verdict("dep0/rank1", 1)).applied  # its version counted
+    client.delete(layout.rebuilding)
+    seen_ns = now_ns - 120 * NS_PER_S
+    assert writer.write(verdict("dep0/rank3", 1, first_seen_ns=seen_ns, last_seen_ns=seen_ns))
+    assert client.pttl(layout.verdict("dep0/rank3")) > 59_000
+
+
 def test_avoid_list_is_ranked_by_severity_times_confidence_and_capped(
     writer: RedisWriter, client: redis.Redis
 ) -> None:

@@ -47,6 +47,7 @@ from sinks.redis_writer import avoid_score, is_avoidable
 log = logging.getLogger(__name__)
 
 _RESYNC_CHUNK = 500
+WATCH_BACKLOG = 10_000  # changes a watcher may fall behind before it is told it lagged
 
 
 class Health(StrEnum):
@@ -99,7 +100,8 @@ class Change:
     """One applied change: kind is verdict, heartbeat, expired, capacity, resync,
     disconnected, rebuilding / rebuilt (a sink refilling an empty Redis, then done), or
     moved (the entity's verdict now belongs to another deployment: ``deployment`` is the one
-    it left, whose avoid-list no longer holds it)."""
+    it left, whose avoid-list no longer holds it), or lagged (the watcher fell behind and
+    its backlog was dropped: read the state again from the lookups)."""
 
     kind: str
     entity: str = ""
@@ -155,7 +157,7 @@ class SchedulerClient:
         self._disconnected_since_ns: int | None = None
         self._first_attempt = threading.Event()
         self._closed = threading.Event()
-        self._watchers: list[queue.SimpleQueue[Change | None]] = []
+        self._watchers: list[queue.Queue[Change | None]] = []
         self._thread: threading.Thread | None = None
         self._fatal: Exception | None = None
         self.resyncs = 0
@@ -180,7 +182,7 @@ class SchedulerClient:
             self._thread.join(timeout=5)
         with self._lock:
             for watcher in self._watchers:
-                watcher.put(None)
+                _offer(watcher, None)
 
     def __enter__(self) -> SchedulerClient:
         return self.start()
@@ -309,18 +311,25 @@ class SchedulerClient:
         with self._lock:
             return self._cache.deployments.get(deployment)
 
-    def watch(self, timeout_s: float | None = None) -> Iterator[Change]:
+    def watch(
+        self, timeout_s: float | None = None, max_backlog: int = WATCH_BACKLOG
+    ) -> Iterator[Change]:
         """Changes applied from now on (registered at the call, not at the first ``next``).
 
-        The iterator ends on ``close()``, or after ``timeout_s`` without a change.
+        The iterator ends on ``close()``, or after ``timeout_s`` without a change. A watcher
+        that falls ``max_backlog`` changes behind (or stops reading) loses its backlog and
+        gets one ``Change("lagged")`` in its place: the lookups stay current, so it should
+        read the state it needs from them again. Memory per watcher stays bounded.
         """
-        inbox: queue.SimpleQueue[Change | None] = queue.SimpleQueue()
+        if max_backlog < 1:
+            raise ValueError(f"max_backlog is {max_backlog}; it must be at least 1")
+        inbox: queue.Queue[Change | None] = queue.Queue(maxsize=max_backlog)
         with self._lock:
             self._watchers.append(inbox)
         return self._drain(inbox, timeout_s)
 
     def _drain(
-        self, inbox: queue.SimpleQueue[Change | None], timeout_s: float | None
+        self, inbox: queue.Queue[Change | None], timeout_s: float | None
     ) -> Iterator[Change]:
         try:
             while not self._closed.is_set():
@@ -355,7 +364,7 @@ class SchedulerClient:
 
     def _notify(self, change: Change) -> None:
         for watcher in self._watchers:
-            watcher.put(change)
+            _offer(watcher, change)
 
     # -- listener thread ----------------------------------------------------------------
     def _listen(self) -> None:
@@ -485,6 +494,21 @@ class SchedulerClient:
                 flat = flat if isinstance(flat, list) else []
                 self._cache.avoid[dep] = [(str(e), float(s)) for e, s in _pairs(flat)]
             self._notify(Change(kind, entity, dep, version, record))
+
+
+def _offer(inbox: queue.Queue[Change | None], item: Change | None) -> None:
+    """Queue ``item`` for a watcher without ever blocking the listener thread. A full inbox
+    (a watcher that fell behind, or stopped reading) is emptied and gets one lag notice in
+    place of its backlog and this change; the end marker (None) always gets through."""
+    try:
+        inbox.put_nowait(item)
+        return
+    except queue.Full:
+        pass
+    with contextlib.suppress(queue.Empty):
+        while True:
+            inbox.get_nowait()
+    inbox.put_nowait(None if item is None else Change("lagged"))
 
 
 def _pairs(flat: list[Any]) -> list[tuple[Any, Any]]:

@@ -115,6 +115,22 @@ def test_an_entity_that_moves_deployment_leaves_the_old_avoid_list(
     assert client.avoid_list("dep0") == [("dep0/rank1", 0.4)]
 
 
+def test_a_watcher_that_stops_reading_is_bounded_and_told_it_lagged(
+    writer: RedisWriter, client: SchedulerClient
+) -> None:
+    """A watcher that reads nothing while 10 changes arrive holds at most 3 (its backlog),
+    a lag notice first; the lookups are current all along."""
+    slow = client.watch(timeout_s=0.5, max_backlog=3)
+    for version in range(1, 11):
+        writer.write(verdict("dep0/rank1", version))
+    wait_until(lambda: (client.verdict("dep0/rank1") or {}).get("version") == 10, what="v10")
+    got = list(slow)
+    assert 1 <= len(got) <= 3 and got[0].kind == "lagged"
+    assert all(c.kind == "verdict" for c in got[1:])
+    with pytest.raises(ValueError, match="max_backlog"):
+        client.watch(max_backlog=0)
+
+
 def test_client_started_after_the_writes_loads_them_by_resync(
     writer: RedisWriter, url: str, sink_config: SinkConfig
 ) -> None:

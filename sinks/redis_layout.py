@@ -27,6 +27,9 @@ key                                     type    content
 ``<p>rebuilding``                       string  set while a sink refills an empty Redis
                                                 from the verdict topic (the epoch); the
                                                 client reads every entity unknown then
+``<p>sink_offsets``                     hash    "<topic>:<partition>" -> the offset after the
+                                                newest record applied from it (written by
+                                                the same script as the record)
 ``<p>rebuild_pending``                  set     the verdict topic's partitions whose
                                                 verdicts (as of the rebuild's start) are not
                                                 in yet; the last sink to catch up clears
@@ -105,6 +108,10 @@ class RedisLayout:
         return f"{self.prefix}rebuild_pending"
 
     @property
+    def sink_offsets(self) -> str:
+        return f"{self.prefix}sink_offsets"
+
+    @property
     def channel(self) -> str:
         return f"{self.prefix}changes"
 
@@ -123,6 +130,7 @@ class RedisLayout:
             self.capacity,
             self.history,
             self.rebuilding,
+            self.sink_offsets,
         ]
 
 

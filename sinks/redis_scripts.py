@@ -2,7 +2,7 @@
 
 KEYS of ``WRITE`` and ``EXPIRE`` follow :meth:`sinks.redis_layout.RedisLayout.change_keys`:
 1 verdict, 2 versions, 3 entity_deployment, 4 expiry, 5 deployments, 6 deployment hash,
-7 ranked, 8 avoid, 9 worst, 10 capacity, 11 history, 12 rebuilding.
+7 ranked, 8 avoid, 9 worst, 10 capacity, 11 history, 12 rebuilding, 13 sink offsets.
 
 Versions and event times are int64 nanoseconds, beyond the 2^53 a Lua number holds exactly,
 so the scripts compare them as decimal strings (``newer``): callers pass canonical,
@@ -41,8 +41,14 @@ end
 # ARGV: 1 entity, 2 deployment, 3 version, 4 kind (verdict|heartbeat), 5 state, 6 score,
 # 7 avoidable (1|0), 8 ttl_ms, 9 verdict json, 10 last_seen_ns, 11 kafka timestamp ms (0: none),
 # 12 avoid share, 13 history maxlen, 14 channel, 15 freshness bound ns, 16 condition,
-# 17-19 the key names of a deployment's ranking, avoid-list and hash less the deployment.
-# Returns {1, version} when applied, {0, current version} when ignored (older or equal).
+# 17-19 the key names of a deployment's ranking, avoid-list and hash less the deployment,
+# 20 "<topic>:<partition>" of the record ('' when it came from no log), 21 its offset,
+# 22 the offset after the newest record the sink knows Redis applied from that partition
+# ('' unknown).
+# Returns {1, version} when applied, {0, current version} when ignored (older or equal),
+# {2, Redis's offset after the newest applied record of the partition, -1 none} when Redis
+# holds less of the partition than the sink wrote (restored from persistence, or a replica
+# after a failover): nothing is applied, the sink reads the partition again from there.
 # A verdict whose entity was last seen in another deployment (a rank moved to another
 # replica) takes it out of that deployment's ranking and avoid-list, announced there as
 # ``moved``: the old replica's scheduler must not keep avoiding it.
@@ -50,6 +56,16 @@ WRITE = (
     _COMMON
     + r"""
 local entity, deployment, version, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if ARGV[20] ~= '' then
+  local applied_to = redis.call('HGET', KEYS[13], ARGV[20])
+  if ARGV[22] ~= '' and ((not applied_to) or tonumber(applied_to) < tonumber(ARGV[22])) then
+    return {2, applied_to or '-1'}
+  end
+  local next_offset = tonumber(ARGV[21]) + 1
+  if (not applied_to) or next_offset > tonumber(applied_to) then
+    redis.call('HSET', KEYS[13], ARGV[20], string.format('%d', next_offset))
+  end
+end
 local current = redis.call('HGET', KEYS[2], entity)
 if current and not newer(version, current) then
   return {0, current}

@@ -28,7 +28,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import redis
 from confluent_kafka import KafkaException
@@ -39,7 +38,7 @@ from sinks.connection import redacted_url
 from sinks.metrics import METRICS, SinkMetrics
 from sinks.redis_layout import as_text
 from sinks.redis_scripts import CAUGHT_UP, START_EPOCH
-from sinks.redis_writer import InvalidVerdictError, RedisWriter
+from sinks.redis_writer import InvalidVerdictError, LogPosition, RedisWriter
 from skewscope.config import Settings
 from skewscope.kafka.consumer import DecodingConsumer, Event
 
@@ -95,6 +94,9 @@ class RedisSink:
         self._consumer: DecodingConsumer | None = None
         self._rebuild_ends: dict[int, int] | None = None  # the topic's ends when it began
         self._reported_done: list[int] | None = None  # partitions last taken off as read
+        # partition -> the offset after the newest record this sink knows Redis applied
+        self._applied_next: dict[int, int] = {}
+        self.reads_again = 0  # partitions read again because Redis lacked writes
         self._next_report = 0.0
         self._start_epoch = client.register_script(START_EPOCH)
         self._caught_up = client.register_script(CAUGHT_UP)
@@ -126,15 +128,24 @@ class RedisSink:
                 return 0
             if not self._retry(self.writer.sweep_expired, stop):
                 return 0
+            lacking: dict[int, int] = {}
+            if not self._retry(lambda: lacking.update(self._redis_lacks()), stop):
+                return 0
+            if lacking:
+                self._read_again(lacking)
             self._next_check = time.monotonic() + self.check_interval_s
         assert self._consumer is not None
         events = self._consumer.poll_batch(self.batch_size, poll_timeout_s)
         self._count_dead_letters()
         if events:
-            items = self._usable(events)
-            if items and not self._retry(lambda: self._write(items), stop):
+            usable = self._usable(events)
+            gaps: dict[int, int] = {}
+            if usable and not self._retry(lambda: gaps.update(self._write(usable)), stop):
                 return 0
-            self._commit()
+            if gaps:
+                self._read_again(gaps)  # and commit nothing: those offsets are not in Redis
+            else:
+                self._commit()
         if self._rebuild_ends is not None and not self._retry(self._finish_rebuild, stop):
             return 0
         return len(events)
@@ -221,6 +232,7 @@ class RedisSink:
         )
         self._rebuild_ends = None
         self._reported_done = None
+        self._applied_next = {}
         if self._rebuilding_epoch() == epoch:  # (also a sink restarted midway)
             self._rebuild_ends = self._consumer.end_offsets(self.topic)
         self._dead_letters_seen = 0
@@ -239,9 +251,9 @@ class RedisSink:
             return []
         return sorted(found.partitions)
 
-    def _usable(self, events: Sequence[Event]) -> list[tuple[dict[str, Any], int]]:
-        """The verdicts Redis can take, as (record, Kafka timestamp); the others go to the
-        dead-letter topic once (before the retries of a write), with the reason."""
+    def _usable(self, events: Sequence[Event]) -> list[Event]:
+        """The verdicts Redis can take; the others go to the dead-letter topic once (before
+        the retries of a write), with the reason."""
         items = []
         for event in events:
             try:
@@ -258,11 +270,28 @@ class RedisSink:
                 assert self._consumer is not None
                 self._consumer.dead_letter(event, exc)
                 continue
-            items.append((event.record, event.timestamp_ms))
+            items.append(event)
         return items
 
-    def _write(self, items: Sequence[tuple[dict[str, Any], int]]) -> None:
-        results = self.writer.write_many(items)
+    def _write(self, events: Sequence[Event]) -> dict[int, int]:
+        """Write a batch; returns the partitions Redis holds less of than this sink wrote
+        (restored from persistence, a replica after a failover), with the offset to read
+        them again from (-1: their start). Nothing of those partitions was applied."""
+        self._know_applied({e.partition for e in events})
+        items = [(e.record, e.timestamp_ms) for e in events]
+        positions = [
+            LogPosition(e.topic, e.partition, e.offset, self._applied_next.get(e.partition))
+            for e in events
+        ]
+        results = self.writer.write_many(items, positions)
+        gaps = {
+            e.partition: r.gap_at
+            for e, r in zip(events, results, strict=True)
+            if r.gap_at is not None
+        }
+        for event in events:
+            if event.partition not in gaps:
+                self._applied_next[event.partition] = event.offset + 1
         acked_s = time.time()
         applied = sum(r.applied for r in results)
         self.metrics.sink_writes.labels(result="applied").inc(applied)
@@ -272,7 +301,62 @@ class RedisSink:
                 self.metrics.sink_latency.observe(max(0.0, acked_s - timestamp_ms / 1000))
         if items[-1][1] > 0:
             self.metrics.sink_lag.set(max(0.0, acked_s - items[-1][1] / 1000))
-        self.written += len(items)
+        self.written += len(items) - sum(1 for e in events if e.partition in gaps)
+        return gaps
+
+    def _know_applied(self, partitions: set[int]) -> None:
+        """What the sink can vouch Redis holds of each partition, where it does not know yet:
+        the group's committed offset, as a commit follows Redis's acknowledgement."""
+        assert self._consumer is not None
+        unknown = sorted(p for p in partitions if p not in self._applied_next)
+        if unknown:
+            committed = self._consumer.committed_offsets(self.topic, unknown)
+            self._applied_next.update(committed)
+
+    def _redis_lacks(self) -> dict[int, int]:
+        """The partitions Redis holds less of than this sink wrote to it, found without
+        waiting for a write to them (a partition may stay quiet for long): where each one's
+        content in Redis ends (-1: none of it)."""
+        assert self._consumer is not None
+        assigned = self._consumer.assigned(self.topic)
+        for gone in [p for p in self._applied_next if p not in assigned]:
+            del self._applied_next[gone]  # another member writes it now
+        if not self._applied_next:
+            return {}
+        partitions = sorted(self._applied_next)
+        fields = [LogPosition(self.topic, p, 0).field for p in partitions]
+        found = self.client.hmget(self.writer.layout.sink_offsets, fields)
+        lacking = {}
+        for partition, value in zip(partitions, found, strict=True):
+            held = int(value) if value is not None else -1
+            if held < self._applied_next[partition]:
+                lacking[partition] = held
+        return lacking
+
+    def _read_again(self, gaps: dict[int, int]) -> None:
+        """Seek each partition Redis lost writes of back to where its content ends."""
+        assert self._consumer is not None
+        for partition, offset in sorted(gaps.items()):
+            log.warning(
+                "redis sink: Redis at %s holds %s of %s[%d], short of what this sink wrote "
+                "(restored from persistence, or a replica after a failover?); reading it "
+                "again from there",
+                self._url,
+                f"up to offset {offset}" if offset >= 0 else "nothing",
+                self.topic,
+                partition,
+            )
+            try:
+                self._consumer.seek(self.topic, partition, offset)
+            except KafkaException as exc:  # moved to another member meanwhile: its job now
+                log.warning("redis sink: cannot seek %s[%d] (%s)", self.topic, partition, exc)
+                self._applied_next.pop(partition, None)
+                continue
+            if offset >= 0:
+                self._applied_next[partition] = offset
+            else:
+                self._applied_next.pop(partition, None)
+        self.reads_again += len(gaps)
 
     def _retry(self, action: Callable[[], object], stop: threading.Event) -> bool:
         """Run ``action`` until Redis acknowledges; False when ``stop`` came first."""

@@ -47,6 +47,26 @@ class WriteResult:
     version: int
     applied: bool
     stored_version: int
+    # Redis holds less of the record's partition than the sink wrote: the offset after the
+    # newest record it applied from it (-1: none), where reading must start again. Nothing
+    # was applied.
+    gap_at: int | None = None
+
+
+@dataclass(frozen=True)
+class LogPosition:
+    """Where a record came from, so Redis keeps how far it applied each partition and a sink
+    can tell when Redis lost writes: ``expected_next`` is the offset after the newest record
+    the sink knows Redis applied from the partition (None: not known)."""
+
+    topic: str
+    partition: int
+    offset: int
+    expected_next: int | None = None
+
+    @property
+    def field(self) -> str:
+        return f"{self.topic}:{self.partition}"
 
 
 def avoid_score(record: Mapping[str, Any]) -> float:
@@ -57,6 +77,17 @@ def avoid_score(record: Mapping[str, Any]) -> float:
 def is_avoidable(record: Mapping[str, Any]) -> bool:
     """Firing and not muted by another verdict (a suppressed symptom is not the culprit)."""
     return record["state"] == "firing" and not record.get("suppressed_by")
+
+
+GAP = 2  # the write script's answer when Redis holds less of a partition than expected
+
+
+def _position_args(position: LogPosition | None) -> list[Any]:
+    """ARGV 20-22 of the write script."""
+    if position is None:
+        return ["", "", ""]
+    expected = "" if position.expected_next is None else str(position.expected_next)
+    return [position.field, str(position.offset), expected]
 
 
 def ttl_ms(ttl_ns: int) -> int:
@@ -81,22 +112,37 @@ class RedisWriter:
         """Apply one verdict; see :meth:`write_many`."""
         return self.write_many([(record, kafka_timestamp_ms)])[0]
 
-    def write_many(self, items: Sequence[tuple[Mapping[str, Any], int]]) -> list[WriteResult]:
+    def write_many(
+        self,
+        items: Sequence[tuple[Mapping[str, Any], int]],
+        positions: Sequence[LogPosition | None] | None = None,
+    ) -> list[WriteResult]:
         """Apply verdicts in order, in one round trip (a pipeline of script runs).
 
         Each item is ``(record, kafka_timestamp_ms)``; the timestamp (0: unknown) gives the
-        deployment's ``pipeline_lag_ms``. Each script run is atomic; the batch is not a
-        transaction, and need not be: re-applying it is harmless. Raises
+        deployment's ``pipeline_lag_ms``. ``positions`` (one per item, or None) say where
+        each record came from (``WriteResult.gap_at``). Each script run is atomic; the batch
+        is not a transaction, and need not be: re-applying it is harmless. Raises
         :class:`InvalidVerdictError` before writing anything when a record is unusable, and
         redis-py's ConnectionError/TimeoutError when Redis is unreachable.
         """
-        prepared = [(self._keys(rec), self.script_args(rec, ts)) for rec, ts in items]
+        where = positions or [None] * len(items)
+        prepared = [
+            (self._keys(rec), self.script_args(rec, ts) + _position_args(pos))
+            for (rec, ts), pos in zip(items, where, strict=True)
+        ]
         pipe = self.client.pipeline(transaction=False)
         for keys, args in prepared:
             self._write(keys=keys, args=args, client=pipe)
         replies = pipe.execute()
         results = []
         for (rec, _), reply in zip(items, replies, strict=True):
+            if int(reply[0]) == GAP:
+                gap_at = int(reply[1])
+                results.append(
+                    WriteResult(str(rec["entity"]), int(rec["version"]), False, -1, gap_at)
+                )
+                continue
             applied, stored = int(reply[0]), int(reply[1])
             results.append(
                 WriteResult(str(rec["entity"]), int(rec["version"]), bool(applied), stored)

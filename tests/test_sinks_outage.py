@@ -121,6 +121,45 @@ def test_redis_killed_and_restarted_empty_mid_stream_loses_no_verdict(
     assert len(expected) == 150
 
 
+def test_redis_restored_from_an_older_snapshot_gets_the_writes_it_lacks_again(
+    settings: Settings, topic: str, server: PrivateRedis
+) -> None:
+    """Redis saved a snapshot, took more writes (which the sink committed), then restarted
+    from the snapshot: its epoch is there, the later writes are not. The sink finds Redis
+    short of what it wrote to each partition and reads them again from where Redis's
+    content ends; before, it went on from its committed offsets and they stayed lost."""
+    test_settings = dataclasses.replace(settings, redis_url=server.url)
+    config = sink_config()
+    publisher = VerdictPublisher(test_settings, topic=topic)
+    expected: dict[str, int] = {}
+
+    def publish(entities: range, version: int) -> None:
+        for i in entities:
+            publisher.publish(verdict(f"dep0/rank{i}", version))
+            expected[f"dep0/rank{i}"] = version
+        publisher.flush()
+
+    admin = redis.Redis.from_url(server.url)
+    runner = SinkThread(test_settings, config, topic)
+    try:
+        publish(range(0, 40), 1)
+        wait_until(lambda: stored_versions(server.url, config) == expected, 60, "first 40")
+        admin.save()  # the snapshot the restart comes back from
+        publish(range(20, 80), 2)
+        wait_until(lambda: stored_versions(server.url, config) == expected, 60, "all 80")
+        committed = dict(runner.sink.writer.client.hgetall(RedisLayout().sink_offsets))
+        server.stop()
+        server.start()  # loads the snapshot: the epoch, the first 40 at version 1
+        assert len(stored_versions(server.url, config)) == 40
+        publish(range(80, 81), 1)  # one more verdict shows the lack to the sink
+        wait_until(lambda: stored_versions(server.url, config) == expected, 60, "all 81")
+    finally:
+        runner.close()
+        admin.close()
+    assert runner.sink.epochs_started == 1  # no rebuild: the epoch was in the snapshot
+    assert runner.sink.reads_again >= 1 and committed
+
+
 def test_restarted_sink_resumes_from_committed_offsets(
     settings: Settings, topic: str, server: PrivateRedis
 ) -> None:

@@ -13,7 +13,7 @@ import redis
 from sinks.config import SinkConfig
 from sinks.connection import connect
 from sinks.redis_layout import RedisLayout
-from sinks.redis_writer import InvalidVerdictError, RedisWriter
+from sinks.redis_writer import InvalidVerdictError, LogPosition, RedisWriter
 from sinks.verdict_topic import heartbeat_record
 from tests.test_sinks_support import NS_PER_S, db14, verdict, wait_until
 
@@ -148,6 +148,30 @@ def test_a_rebuild_keeps_a_verdict_only_until_its_event_time_expiry(
     seen_ns = now_ns - 120 * NS_PER_S
     assert writer.write(verdict("dep0/rank3", 1, first_seen_ns=seen_ns, last_seen_ns=seen_ns))
     assert client.pttl(layout.verdict("dep0/rank3")) > 59_000
+
+
+def test_redis_keeps_how_far_it_applied_each_partition_and_refuses_a_gap(
+    writer: RedisWriter, client: redis.Redis
+) -> None:
+    """Each write records the offset after its record, in the same script; a write whose
+    sink expects more of the partition than Redis holds (Redis lost writes) applies nothing
+    and answers where Redis's content of the partition ends."""
+    layout = writer.layout
+    at = [LogPosition("verdicts", 0, offset) for offset in (7, 8)]
+    writer.write_many([(verdict("dep0/rank1", 1), 0), (verdict("dep0/rank2", 1), 0)], at)
+    assert client.hget(layout.sink_offsets, "verdicts:0") == b"9"
+    older = LogPosition("verdicts", 0, 3, expected_next=9)  # an older record read again
+    assert writer.write_many([(verdict("dep0/rank1", 1), 0)], [older])[0].gap_at is None
+    assert client.hget(layout.sink_offsets, "verdicts:0") == b"9"  # never moves back
+    client.hset(layout.sink_offsets, "verdicts:0", 8)  # as a restore from a snapshot would
+    client.delete(layout.verdict("dep0/rank2"))
+    ahead = LogPosition("verdicts", 0, 9, expected_next=9)
+    (result,) = writer.write_many([(verdict("dep0/rank3", 1), 0)], [ahead])
+    assert result.gap_at == 8 and not result.applied
+    assert not client.exists(layout.verdict("dep0/rank3"))
+    client.delete(layout.sink_offsets)
+    (result,) = writer.write_many([(verdict("dep0/rank3", 1), 0)], [ahead])
+    assert result.gap_at == -1  # none of the partition: read it from its start
 
 
 def test_avoid_list_is_ranked_by_severity_times_confidence_and_capped(

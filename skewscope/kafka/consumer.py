@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from schemas.codec import AvroCodec
 from schemas.errors import CodecError
@@ -115,6 +115,25 @@ class DecodingConsumer:
             if tp.partition in ends and ends[tp.partition] > 0 and tp.offset >= ends[tp.partition]
         ]
         return sorted(empty + read)
+
+    def committed_offsets(
+        self, topic: str, partitions: list[int], timeout_s: float = 10.0
+    ) -> dict[int, int]:
+        """The group's committed offsets of ``partitions`` of ``topic``; those with none are
+        left out."""
+        found = self._consumer.committed(
+            [TopicPartition(topic, p) for p in partitions], timeout=timeout_s
+        )
+        return {tp.partition: tp.offset for tp in found if tp.error is None and tp.offset >= 0}
+
+    def assigned(self, topic: str) -> set[int]:
+        """The partitions of ``topic`` this consumer is assigned now."""
+        return {tp.partition for tp in self._consumer.assignment() if tp.topic == topic}
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Read ``partition`` again from ``offset`` (-1: its beginning); it must be assigned."""
+        start = offset if offset >= 0 else OFFSET_BEGINNING
+        self._consumer.seek(TopicPartition(topic, partition, start))
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Messages behind the high watermark, per assigned partition."""

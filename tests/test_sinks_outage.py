@@ -68,6 +68,21 @@ def _published(settings: Settings, topic: str, ranks: range) -> VerdictPublisher
     return publisher
 
 
+class Published:
+    """Verdicts of ``dep0/rank<i>`` published in batches, and the version each should end at."""
+
+    def __init__(self, publisher: VerdictPublisher) -> None:
+        self.publisher = publisher
+        self.expected: dict[str, int] = {}
+
+    def publish(self, entities: range, version: int) -> None:
+        for i in entities:
+            record = verdict(f"dep0/rank{i}", version, severity=0.01 * (i % 90 + 1))
+            self.publisher.publish(record)
+            self.expected[record["entity"]] = version
+        self.publisher.flush()
+
+
 class SinkThread:
     """A RedisSink running in a thread until stopped."""
 
@@ -96,16 +111,8 @@ def test_redis_killed_and_restarted_empty_mid_stream_loses_no_verdict(
 ) -> None:
     test_settings = dataclasses.replace(settings, redis_url=server.url)
     config = sink_config()
-    publisher = VerdictPublisher(test_settings, topic=topic)
-    expected: dict[str, int] = {}
-
-    def publish(entities: range, version: int) -> None:
-        for i in entities:
-            record = verdict(f"dep0/rank{i}", version, severity=0.01 * (i % 90 + 1))
-            publisher.publish(record)
-            expected[record["entity"]] = version
-        publisher.flush()
-
+    published = Published(VerdictPublisher(test_settings, topic=topic))
+    publish, expected = published.publish, published.expected
     runner = SinkThread(test_settings, config, topic)
     try:
         publish(range(0, 100), 1)
@@ -130,15 +137,8 @@ def test_redis_restored_from_an_older_snapshot_gets_the_writes_it_lacks_again(
     content ends; before, it went on from its committed offsets and they stayed lost."""
     test_settings = dataclasses.replace(settings, redis_url=server.url)
     config = sink_config()
-    publisher = VerdictPublisher(test_settings, topic=topic)
-    expected: dict[str, int] = {}
-
-    def publish(entities: range, version: int) -> None:
-        for i in entities:
-            publisher.publish(verdict(f"dep0/rank{i}", version))
-            expected[f"dep0/rank{i}"] = version
-        publisher.flush()
-
+    published = Published(VerdictPublisher(test_settings, topic=topic))
+    publish, expected = published.publish, published.expected
     admin = redis.Redis.from_url(server.url)
     runner = SinkThread(test_settings, config, topic)
     try:
@@ -147,17 +147,19 @@ def test_redis_restored_from_an_older_snapshot_gets_the_writes_it_lacks_again(
         admin.save()  # the snapshot the restart comes back from
         publish(range(20, 80), 2)
         wait_until(lambda: stored_versions(server.url, config) == expected, 60, "all 80")
-        committed = dict(runner.sink.writer.client.hgetall(RedisLayout().sink_offsets))
+        applied = admin.hgetall(RedisLayout().sink_offsets)
         server.stop()
         server.start()  # loads the snapshot: the epoch, the first 40 at version 1
         assert len(stored_versions(server.url, config)) == 40
+        restored = admin.hgetall(RedisLayout().sink_offsets)
+        assert all(int(restored[f]) < int(n) for f, n in applied.items())  # it lacks some
         publish(range(80, 81), 1)  # one more verdict shows the lack to the sink
         wait_until(lambda: stored_versions(server.url, config) == expected, 60, "all 81")
     finally:
         runner.close()
         admin.close()
     assert runner.sink.epochs_started == 1  # no rebuild: the epoch was in the snapshot
-    assert runner.sink.reads_again >= 1 and committed
+    assert runner.sink.reads_again >= 1
 
 
 def test_restarted_sink_resumes_from_committed_offsets(

@@ -309,9 +309,14 @@ class RedisSink:
         the group's committed offset, as a commit follows Redis's acknowledgement."""
         assert self._consumer is not None
         unknown = sorted(p for p in partitions if p not in self._applied_next)
-        if unknown:
+        if not unknown:
+            return
+        try:
             committed = self._consumer.committed_offsets(self.topic, unknown)
-            self._applied_next.update(committed)
+        except KafkaException as exc:  # the broker did not answer: vouch for nothing yet
+            log.warning("redis sink: committed offsets of %s unknown (%s)", self.topic, exc)
+            return
+        self._applied_next.update(committed)
 
     def _redis_lacks(self) -> dict[int, int]:
         """The partitions Redis holds less of than this sink wrote to it, found without

@@ -32,13 +32,13 @@ from collections.abc import Callable, Sequence
 import redis
 from confluent_kafka import KafkaException
 
-from infra.kafka_admin import admin_client
+from infra.kafka_admin import admin_client, committed_offsets
 from sinks.config import SinkConfig
 from sinks.connection import redacted_url
 from sinks.metrics import METRICS, SinkMetrics
 from sinks.redis_layout import as_text
 from sinks.redis_scripts import CAUGHT_UP, START_EPOCH
-from sinks.redis_writer import InvalidVerdictError, LogPosition, RedisWriter
+from sinks.redis_writer import InvalidVerdictError, LogPosition, RedisWriter, offsets_field
 from skewscope.config import Settings
 from skewscope.kafka.consumer import DecodingConsumer, Event
 
@@ -98,6 +98,7 @@ class RedisSink:
         self._applied_next: dict[int, int] = {}
         self.reads_again = 0  # partitions read again because Redis lacked writes
         self._next_report = 0.0
+        self._admin = admin_client(settings, quiet=True)  # partitions, committed offsets
         self._start_epoch = client.register_script(START_EPOCH)
         self._caught_up = client.register_script(CAUGHT_UP)
         self._dead_letters_seen = 0
@@ -242,7 +243,7 @@ class RedisSink:
         """The verdict topic's partitions, for a rebuild to wait for; [] when the broker
         does not say (then the first sink to catch up ends the rebuild, as before)."""
         try:
-            meta = admin_client(self.settings, quiet=True).list_topics(self.topic, timeout=10)
+            meta = self._admin.list_topics(self.topic, timeout=10)
         except KafkaException as exc:
             log.warning("redis sink: partitions of %s unknown (%s)", self.topic, exc)
             return []
@@ -312,11 +313,13 @@ class RedisSink:
         if not unknown:
             return
         try:
-            committed = self._consumer.committed_offsets(self.topic, unknown)
-        except KafkaException as exc:  # the broker did not answer: vouch for nothing yet
+            committed = committed_offsets(
+                self._admin, self.group_id, [(self.topic, p) for p in unknown]
+            )
+        except (KafkaException, TimeoutError) as exc:  # no answer: vouch for nothing yet
             log.warning("redis sink: committed offsets of %s unknown (%s)", self.topic, exc)
             return
-        self._applied_next.update(committed)
+        self._applied_next.update({p: offset for (_, p), offset in committed.items()})
 
     def _redis_lacks(self) -> dict[int, int]:
         """The partitions Redis holds less of than this sink wrote to it, found without
@@ -329,7 +332,7 @@ class RedisSink:
         if not self._applied_next:
             return {}
         partitions = sorted(self._applied_next)
-        fields = [LogPosition(self.topic, p, 0).field for p in partitions]
+        fields = [offsets_field(self.topic, p) for p in partitions]
         found = self.client.hmget(self.writer.layout.sink_offsets, fields)
         lacking = {}
         for partition, value in zip(partitions, found, strict=True):

@@ -66,7 +66,12 @@ class LogPosition:
 
     @property
     def field(self) -> str:
-        return f"{self.topic}:{self.partition}"
+        return offsets_field(self.topic, self.partition)
+
+
+def offsets_field(topic: str, partition: int) -> str:
+    """The field of ``<p>sink_offsets`` that holds how far Redis applied a partition."""
+    return f"{topic}:{partition}"
 
 
 def avoid_score(record: Mapping[str, Any]) -> float:

@@ -116,16 +116,6 @@ class DecodingConsumer:
         ]
         return sorted(empty + read)
 
-    def committed_offsets(
-        self, topic: str, partitions: list[int], timeout_s: float = 10.0
-    ) -> dict[int, int]:
-        """The group's committed offsets of ``partitions`` of ``topic``; those with none are
-        left out."""
-        found = self._consumer.committed(
-            [TopicPartition(topic, p) for p in partitions], timeout=timeout_s
-        )
-        return {tp.partition: tp.offset for tp in found if tp.error is None and tp.offset >= 0}
-
     def assigned(self, topic: str) -> set[int]:
         """The partitions of ``topic`` this consumer is assigned now."""
         return {tp.partition for tp in self._consumer.assignment() if tp.topic == topic}

@@ -15,7 +15,7 @@ the same outputs as live did, whatever the wall clock does.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,7 +139,8 @@ class Detector:
         self.anomaly = AnomalyScorer() if self.config.anomaly_model else None
         self.stats = DetectorStats()
         self._last_closed_pane: int | None = None
-        self._silent: set[tuple[str, str, str]] = set()
+        self._silent: set[tuple[str, str, str]] = set()  # sources whose every feed is silent
+        self._feed_count = 0
         self._late_events = 0
         self._last_heartbeat_ns = 0
         self._held_cache: tuple[dict[str, Any], frozenset[str], Topology] | None = None
@@ -225,12 +226,13 @@ class Detector:
                 return
             first_ns = last_ns = frame_end_ns  # an empty frame still proves the source alive
         last_ns = max(last_ns, frame_end_ns)
-        if not self.watermarks.observe(stream, first_ns):
+        feed = _feed(stream, schema, record)
+        if not self.watermarks.observe(feed, first_ns):
             self.stats.late_frames += 1
             self._late_events += _rows(record)
-        self.watermarks.observe(stream, last_ns)
+        self.watermarks.observe(feed, last_ns)
         if frame_end_ns:
-            self.watermarks.observe_frame(stream, first_ns, frame_end_ns)
+            self.watermarks.observe_frame(feed, first_ns, frame_end_ns)
 
     # -- windows ----------------------------------------------------------------------
     def advance(self) -> list[Output]:
@@ -427,16 +429,41 @@ class Detector:
         return Output("FeatureWindow", view.entity, record)
 
     def _silence(self, changes: list[SilenceChange]) -> list[Output]:
-        outputs = []
+        """Source-silent records from the feeds' silence changes. A source (a node's NIC,
+        engine, collectives...) is silent when every feed of it is: one NIC port, or one
+        of an engine's two topics, that stops leaves the source speaking, as it did before
+        the watermark tracked feeds apart (it holds the watermark until its own timeout)."""
+        touched: dict[tuple[str, str, str], SilenceChange] = {}
         for change in changes:
-            key: tuple[str, str, str] = change.stream  # type: ignore[assignment]
-            node, source = key[2], key[1]
-            if change.silent:
+            touched[_source_of(change.stream)] = change
+        feed_count = self.watermarks.stream_count()
+        if not touched and (not self._silent or feed_count == self._feed_count):
+            return []  # (a silent source speaks again through a feed's change or a new feed)
+        self._feed_count = feed_count
+        silent_feeds = self.watermarks.silent_streams
+        feeds: dict[tuple[str, str, str], list[Hashable]] = {}
+        for feed in self.watermarks.streams():
+            feeds.setdefault(_source_of(feed), []).append(feed)
+        outputs = []
+        for key in sorted(set(touched) | self._silent):
+            mine = feeds.get(key, [])
+            now_silent = bool(mine) and all(f in silent_feeds for f in mine)
+            if now_silent == (key in self._silent):
+                continue
+            if now_silent:
                 self._silent.add(key)
             else:
                 self._silent.discard(key)
+            latest = max((self.watermarks.latest_ns(f) or 0) for f in mine) if mine else 0
+            at_ns = touched[key].at_watermark_ns if key in touched else self.watermark_ns
+            change = SilenceChange(key, now_silent, latest, at_ns)
+            node, source = key[2], key[1]
             outputs.append(Output("Verdict", f"{node}#{source}", self._silence_record(change, key)))
         return outputs
+
+    def silent_sources(self) -> frozenset[tuple[str, str, str]]:
+        """(deployment, source, node) of the sources silent now: their entities are unknown."""
+        return frozenset(self._silent)
 
     def _silence_record(self, change: SilenceChange, key: tuple[str, str, str]) -> dict[str, Any]:
         deployment, source, node = key
@@ -476,6 +503,19 @@ class Detector:
 
 
 _ROW_COUNTS = ("n_rows", "n_samples", "n_events", "n_flow_rows", "n_dev_rows")
+
+
+def _feed(stream: tuple[str, str, str], schema: str, record: dict[str, Any]) -> Hashable:
+    """The sequence of frames one producer sends: a source's stream, per topic (an engine's
+    samples and requests), NIC port and communicator. The watermark waits for each feed, so
+    one port's frame read before another's of the same interval, or a node's requests read
+    ahead of its engine samples, does not make the others late."""
+    return (*stream, schema, record.get("port") or record.get("group_id") or "")
+
+
+def _source_of(feed: Hashable) -> tuple[str, str, str]:
+    key: tuple[str, str, str] = feed[:3]  # type: ignore[index]
+    return key
 
 
 def _rows(record: dict[str, Any]) -> int:

@@ -54,7 +54,10 @@ MAGIC = b"SKCK"
 # 9: the detector's stats count the windows a watermark jump skipped (windows_skipped)
 # 10: frames dated too far ahead are held (the detector's held frames, the tracker's clock
 # claims and newest accepted time, two more stats)
-FORMAT_VERSION = 10
+# 11: the collective join keeps each rank's step periods by step start and each open step's
+# latest end; the request join's admissions keep the KV tokens each needed; the watermark
+# tracks feeds (a source's topics, ports and communicators) instead of sources
+FORMAT_VERSION = 11
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 

@@ -16,6 +16,11 @@ Per completed step and rank it emits:
 * ``lateness_ns``: clock-corrected start minus the group's median corrected start;
 * ``start_duration_disagree``: 1 when the latest corrected start is not the shortest duration.
 
+A step is judged on event time only: it closes once every rank reported it and the watermark
+has passed its end, and each rank's step period is the one it had at that watermark (its
+last step start before it), so its features do not depend on how far each node's frames had
+been read when it closed (tests/test_arrival_order.py).
+
 A step whose ranks do not all report before the watermark passes its start by
 ``join_timeout_ns`` is closed with the absent ranks counted in ``missing_steps``; peers that
 report the step as still in flight (``collective_count`` 0) while a rank is absent give
@@ -25,6 +30,7 @@ report the step as still in flight (``collective_count`` 0) while a rank is abse
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +54,9 @@ class _Arrival:
 @dataclass
 class _OpenStep:
     group_size: int
-    first_seen_ns: int
+    first_seen_ns: int  # the earliest start of the rows seen so far
     ranks: dict[int, _Arrival] = field(default_factory=dict)
+    end_ns: int = 0  # the latest end (start + duration) of the completed rows
     inflight: dict[int, tuple[int, int]] = field(default_factory=dict)  # rank -> (start, blocked)
 
 
@@ -91,6 +98,11 @@ class CollectiveExtractor(Extractor):
         self.open: dict[tuple[str, str, int], _OpenStep] = {}
         self._last_start: dict[tuple[str, str, int], tuple[int, int]] = {}
         self._period: dict[tuple[str, str, int], float] = {}
+        # per rank, (step start, step period after it) from the last start before the
+        # watermark on: a step is judged with the period as of the window end that closes
+        # it, whatever later rows of that rank were already read
+        self._period_by_start: dict[tuple[str, str, int], deque[tuple[int, float]]] = {}
+        self._closing_at_ns = 0  # the watermark of the close_until call under way
         self.rank_node: dict[str, str] = {}
         self.evicted_steps = 0
         self._detail_pending: dict[tuple[str, str, int, int], dict[str, int]] = {}
@@ -114,12 +126,15 @@ class CollectiveExtractor(Extractor):
             if entry is None:
                 entry = _OpenStep(size, start)
                 self.open[key] = entry
+            elif start < entry.first_seen_ns:
+                entry.first_seen_ns = start
             if count == 0:
                 entry.inflight[rank] = (start, duration)
                 continue
             entry.inflight.pop(rank, None)
-            entry.ranks[rank] = _Arrival(clock, start, duration)
             self._note_period(deployment, group, rank, step, start)
+            entry.ranks[rank] = _Arrival(clock, start, duration)
+            entry.end_ns = max(entry.end_ns, start + duration)
         self._observe_detail(deployment, group, clock, cols)
         if len(self.open) > self.max_open_steps:
             self._evict_oldest()
@@ -128,13 +143,35 @@ class CollectiveExtractor(Extractor):
         return span(cols["first_start_ns"] + cols["duration_sum_ns"])
 
     def _note_period(self, deployment: str, group: str, rank: int, step: int, start: int) -> None:
+        """Fold this step's start into the rank's step period (an EWMA), kept by start time."""
         key = (deployment, group, rank)
         prev = self._last_start.get(key)
         self._last_start[key] = (step, start)
         if prev is not None and step > prev[0] and start > prev[1]:
             period = (start - prev[1]) / (step - prev[0])
             old = self._period.get(key)
-            self._period[key] = period if old is None else 0.8 * old + 0.2 * period
+            current = period if old is None else 0.8 * old + 0.2 * period
+            self._period[key] = current
+            history = self._period_by_start.get(key)
+            if history is None:
+                history = self._period_by_start[key] = deque()
+            history.append((start, current))
+
+    def _period_at(self, key: tuple[str, str, int], at_ns: int) -> float | None:
+        """The rank's step period as of event time ``at_ns`` (its last start before it)."""
+        history = self._period_by_start.get(key)
+        if not history:
+            return None
+        for start, period in reversed(history):
+            if start < at_ns:
+                return period
+        return history[0][1]  # every start read is later (kept from the last prune on)
+
+    def _prune_periods(self, watermark_ns: int) -> None:
+        """Keep, per rank, the last period before ``watermark_ns`` and the later ones."""
+        for history in self._period_by_start.values():
+            while len(history) > 1 and history[1][0] < watermark_ns:
+                history.popleft()
 
     def _observe_detail(
         self, deployment: str, group: str, clock: str, cols: dict[str, np.ndarray]
@@ -161,14 +198,20 @@ class CollectiveExtractor(Extractor):
         ``join_timeout_ns`` with the absent ranks counted in ``missing_steps`` only.
         """
         self._flush_detail(watermark_ns)
+        self._prune_periods(watermark_ns)
+        self._closing_at_ns = watermark_ns
         suspects: list[str] = []
         done = []
         pane_now = (watermark_ns - 1) // self.spec.hop_ns
         for key, entry in self.open.items():
             age_ns = watermark_ns - entry.first_seen_ns
             if len(entry.ranks) >= entry.group_size:
-                self._close(key, entry)
-                done.append(key)
+                # Closed once the watermark has passed its end, not as soon as its last row
+                # is read: then the clock offsets it is judged with are the ones at that
+                # event time, whatever order the sources' frames arrived in.
+                if entry.end_ns < watermark_ns:
+                    self._close(key, entry)
+                    done.append(key)
             elif age_ns > self.join_timeout_ns and entry.inflight:
                 deployment, group = key[0], key[1]
                 for rank in range(entry.group_size):
@@ -226,7 +269,7 @@ class CollectiveExtractor(Extractor):
             global_rank = self.global_rank(deployment, group, rank, entry.group_size)
             if global_rank is None:
                 continue
-            period = self._period.get((deployment, group, rank))
+            period = self._period_at((deployment, group, rank), self._closing_at_ns)
             values = {
                 "steps": 1.0,
                 "last_arrival": 1.0 if i == shortest else 0.0,

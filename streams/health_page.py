@@ -116,8 +116,7 @@ def health_document(
         for stream, t_ns in snap["latest"]:  # type: ignore[attr-defined]
             dep = str(stream[0])
             latest[dep] = max(latest.get(dep, 0), int(t_ns))
-        for stream in snap["silent"]:  # type: ignore[attr-defined]
-            dep, source, node = (str(part) for part in stream)
+        for dep, source, node in detector.silent_sources():
             silent.setdefault(node, set()).add(source)
             silent_deps.setdefault(dep, set()).add(node)
         watermark_ns = max(watermark_ns, int(detector.watermark_ns))

@@ -166,6 +166,9 @@ class WatermarkTracker:
         """Every stream seen and not forgotten, silent ones included."""
         return list(self._latest_ns)
 
+    def stream_count(self) -> int:
+        return len(self._latest_ns)
+
     def latest_ns(self, stream: Hashable) -> int | None:
         return self._latest_ns.get(stream)
 

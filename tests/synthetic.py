@@ -91,10 +91,13 @@ def collective_frames(
     seed: int = 0,
     hung_rank: int | None = None,
     hang_after_s: float = 1e9,
+    long_step_every: int = 0,
+    long_step_ns: int = 0,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Blocking all-reduce per step: each rank starts when its compute ends; all end together.
 
-    Frames of 100 ms per node, in event-time order.
+    Frames of 100 ms per node, in event-time order. With ``long_step_every`` every such step
+    computes ``long_step_ns`` instead (a prefill among decode steps: the step period varies).
     """
     rng = np.random.default_rng(seed)
     ranks = nodes * gpus_per_node
@@ -108,7 +111,10 @@ def collective_frames(
     next_flush = T0_NS + 100_000_000
     hang_at = T0_NS + int(hang_after_s * 1e9)
     while t < T0_NS + int(seconds * 1e9):
-        compute = compute_ns * factors * (1 + rng.normal(0, 0.002, ranks))
+        base_ns = compute_ns
+        if long_step_every and step % long_step_every == 0:
+            base_ns = long_step_ns
+        compute = base_ns * factors * (1 + rng.normal(0, 0.002, ranks))
         starts = t + compute.astype(np.int64)
         hung = hung_rank is not None and t >= hang_at
         end = int(starts.max()) + transfer_ns

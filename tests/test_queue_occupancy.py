@@ -160,3 +160,21 @@ def test_a_join_from_a_checkpoint_written_before_admissions_were_kept_still_work
     frame = request_frame("a", "node0", [(0, SCHEDULED, T0_NS + 500 * MS)], ["a-0"], 1, T0_NS + S)
     join.ingest(frame, unpack("EngineRequestFrame", frame))
     assert join.waiting_mean("a", _window(T0_NS + S)) == pytest.approx(0.5)
+
+
+def test_what_waited_at_a_window_end_does_not_depend_on_how_far_the_events_were_read() -> None:
+    """Live, the request events may be read past a window's end before it closes (another
+    source holds the watermark back); requests admitted after the end still waited at it."""
+    end = T0_NS + S
+    up_to_end = [
+        (0, ARRIVED, T0_NS + 200 * MS),
+        (1, ARRIVED, T0_NS),
+        (1, SCHEDULED, T0_NS + 100 * MS),
+        (1, PREEMPTED, T0_NS + 300 * MS),  # back in the queue with its 1 generated token
+    ]
+    beyond = [(1, SCHEDULED, end + 200 * MS), (0, SCHEDULED, end + 300 * MS)]
+    assert _join(up_to_end, 2, end).waiting_need_tokens_max("a", end) == 501
+    assert _join(up_to_end + beyond, 2, end + S).waiting_need_tokens_max("a", end) == 501
+    # and a request that arrived after the end did not wait at it
+    later = [(2, ARRIVED, end + 100 * MS)]
+    assert _join(later, 3, end + S).waiting_need_tokens_max("a", end) == 0

@@ -100,9 +100,10 @@ class RequestExtractor(Extractor):
         # (arrival, first token) of each first token, by pane and deployment: the TTFT SLO is
         # a percentile, which the pane store's sums and extremes cannot give
         self.first_tokens_by_pane: dict[int, dict[str, list[tuple[int, int]]]] = {}
-        # (entered the queue, scheduled) of each admission, by pane of the admission and
-        # deployment: how many requests waited, averaged over a window
-        self.admissions_by_pane: dict[int, dict[str, list[tuple[int, int]]]] = {}
+        # (entered the queue, scheduled, KV tokens it needed) of each admission, by pane of the
+        # admission and deployment: how many requests waited, averaged over a window, and
+        # what waited at a window's end though its admission has already been read
+        self.admissions_by_pane: dict[int, dict[str, list[tuple[int, int, int]]]] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore from a checkpoint; one written before the admissions were kept has none."""
@@ -159,8 +160,9 @@ class RequestExtractor(Extractor):
         req.last_event_ns = ts
         table.move_to_end(request_id)
         if kind == SCHEDULED and req.queued_ns >= 0:
-            by_deployment = self.admissions_by_pane.setdefault(pane, {})
-            by_deployment.setdefault(deployment, []).append((req.queued_ns, ts))
+            admitted = self.admissions_by_pane.setdefault(pane, {})
+            need = req.prompt_tokens + req.requeued_tokens
+            admitted.setdefault(deployment, []).append((req.queued_ns, ts, need))
             req.requeued_ns = -1
         if kind == SCHEDULED and req.scheduled_ns < 0:
             req.scheduled_ns = ts
@@ -242,11 +244,20 @@ class RequestExtractor(Extractor):
     def waiting_need_tokens_max(self, deployment: str, end_ns: int) -> int:
         """The most KV tokens a request waiting at ``end_ns`` needs to be admitted: its prompt,
         or for one preempted back into the queue its prompt and the tokens it had generated
-        (recomputed on readmission); 0 with none waiting."""
+        (recomputed on readmission); 0 with none waiting. A request admitted after ``end_ns``
+        whose admission was already read still counts: what waited at ``end_ns`` does not
+        depend on how far the request events have been read beyond it."""
         need = 0
         for req in self.open.get(deployment, {}).values():
             if 0 <= req.queued_ns < end_ns:  # (requeued_tokens is 0 before a preemption)
                 need = max(need, req.prompt_tokens + req.requeued_tokens)
+        end_pane = (end_ns - 1) // self.spec.hop_ns
+        for pane, by_deployment in self.admissions_by_pane.items():
+            if pane < end_pane:
+                continue
+            for queued, scheduled, tokens in by_deployment.get(deployment, ()):
+                if queued < end_ns <= scheduled:
+                    need = max(need, tokens)
         return need
 
     def waiting_mean(self, deployment: str, panes: range) -> float:
@@ -262,7 +273,7 @@ class RequestExtractor(Extractor):
         for pane, by_deployment in self.admissions_by_pane.items():
             if pane < panes.start:
                 continue
-            for queued, scheduled in by_deployment.get(deployment, ()):
+            for queued, scheduled, _tokens in by_deployment.get(deployment, ()):
                 waited_ns += max(0, min(scheduled, end_ns) - max(queued, start_ns))
         for req in self.open.get(deployment, {}).values():
             queued = req.queued_ns

@@ -44,6 +44,7 @@ class Run:
     verdicts: list[dict[str, Any]]
     windows: Windows
     late_frames: int
+    silent_sources: frozenset[tuple[str, str, str]]
 
 
 @dataclass
@@ -81,7 +82,7 @@ def run(
                 windows[(out.record["window_end_ns"], out.record["entity"])] = out.record[
                     "features"
                 ]
-    return Run(verdicts, windows, det.stats.late_frames)
+    return Run(verdicts, windows, det.stats.late_frames, det.silent_sources())
 
 
 def compare(base: Run, other: Run, from_ns: int) -> tuple[bool, int, Counter[str]]:

@@ -97,12 +97,10 @@ class CollectiveExtractor(Extractor):
         self.stale_step_ns = stale_step_ns
         self.open: dict[tuple[str, str, int], _OpenStep] = {}
         self._last_start: dict[tuple[str, str, int], tuple[int, int]] = {}
-        self._period: dict[tuple[str, str, int], float] = {}
         # per rank, (step start, step period after it) from the last start before the
-        # watermark on: a step is judged with the period as of the window end that closes
-        # it, whatever later rows of that rank were already read
+        # watermark on (the newest is the rank's period now): a step is judged with the
+        # period as of the window end that closes it, whatever later rows were already read
         self._period_by_start: dict[tuple[str, str, int], deque[tuple[int, float]]] = {}
-        self._closing_at_ns = 0  # the watermark of the close_until call under way
         self.rank_node: dict[str, str] = {}
         self.evicted_steps = 0
         self._detail_pending: dict[tuple[str, str, int, int], dict[str, int]] = {}
@@ -149,13 +147,12 @@ class CollectiveExtractor(Extractor):
         self._last_start[key] = (step, start)
         if prev is not None and step > prev[0] and start > prev[1]:
             period = (start - prev[1]) / (step - prev[0])
-            old = self._period.get(key)
-            current = period if old is None else 0.8 * old + 0.2 * period
-            self._period[key] = current
             history = self._period_by_start.get(key)
             if history is None:
                 history = self._period_by_start[key] = deque()
-            history.append((start, current))
+            if history:
+                period = 0.8 * history[-1][1] + 0.2 * period
+            history.append((start, period))
 
     def _period_at(self, key: tuple[str, str, int], at_ns: int) -> float | None:
         """The rank's step period as of event time ``at_ns`` (its last start before it)."""
@@ -199,7 +196,6 @@ class CollectiveExtractor(Extractor):
         """
         self._flush_detail(watermark_ns)
         self._prune_periods(watermark_ns)
-        self._closing_at_ns = watermark_ns
         suspects: list[str] = []
         done = []
         pane_now = (watermark_ns - 1) // self.spec.hop_ns
@@ -210,7 +206,7 @@ class CollectiveExtractor(Extractor):
                 # is read: then the clock offsets it is judged with are the ones at that
                 # event time, whatever order the sources' frames arrived in.
                 if entry.end_ns < watermark_ns:
-                    self._close(key, entry)
+                    self._close(key, entry, watermark_ns)
                     done.append(key)
             elif age_ns > self.join_timeout_ns and entry.inflight:
                 deployment, group = key[0], key[1]
@@ -232,7 +228,7 @@ class CollectiveExtractor(Extractor):
                     if rank not in entry.ranks and global_rank is not None:
                         entity = f"{key[0]}/rank{global_rank}"
                         self._buffer(pane_now, entity, {"missing_steps": 1.0})
-                self._close(key, entry)
+                self._close(key, entry, watermark_ns)
                 done.append(key)
         for key in done:
             del self.open[key]
@@ -249,7 +245,7 @@ class CollectiveExtractor(Extractor):
             elif max(clocks.values()) < watermark_ns - self.join_timeout_ns:
                 del pending[key]
 
-    def _close(self, key: tuple[str, str, int], entry: _OpenStep) -> None:
+    def _close(self, key: tuple[str, str, int], entry: _OpenStep, watermark_ns: int) -> None:
         deployment, group, _step = key
         present = sorted(entry.ranks)
         if len(present) < 2:
@@ -269,7 +265,7 @@ class CollectiveExtractor(Extractor):
             global_rank = self.global_rank(deployment, group, rank, entry.group_size)
             if global_rank is None:
                 continue
-            period = self._period_at((deployment, group, rank), self._closing_at_ns)
+            period = self._period_at((deployment, group, rank), watermark_ns)
             values = {
                 "steps": 1.0,
                 "last_arrival": 1.0 if i == shortest else 0.0,

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bench.order_audit import Frame, Run, run
 from models.detector import Detector, DetectorConfig, Output
 from tests.synthetic import collective_frames, topology
 
@@ -103,7 +104,7 @@ SIM_S = 6.0
 DELAY_NS = 400_000_000
 
 
-def _sim_frames() -> tuple[list[dict[str, Any]], list[tuple[int, str, dict[str, Any]]]]:
+def _sim_frames() -> tuple[list[dict[str, Any]], list[Frame]]:
     from producers.sim.scenario import load_scenario
     from producers.sim.simulation import Simulation
 
@@ -113,35 +114,12 @@ def _sim_frames() -> tuple[list[dict[str, Any]], list[tuple[int, str, dict[str, 
 
 
 def _run_delayed(
-    topology_records: list[dict[str, Any]],
-    frames: list[tuple[int, str, dict[str, Any]]],
-    delayed: str | None,
-    skip: Any = None,
-) -> tuple[Detector, list[dict[str, Any]], dict[tuple[int, str], dict[str, float]]]:
+    topology_records: list[dict[str, Any]], frames: list[Frame], delayed: str | None
+) -> Run:
     """Frames in event-time order, those of schema ``delayed`` read 400 ms late once every
     feed has spoken (after the first second)."""
     settled_ns = frames[0][0] + 1_000_000_000
-
-    def read_at(i: int) -> int:
-        t, schema, _ = frames[i]
-        return t + (DELAY_NS if schema == delayed and t > settled_ns else 0)
-
-    order = sorted(range(len(frames)), key=lambda i: (read_at(i), i))
-    det = Detector(config=DetectorConfig(emit_features=True))
-    for record in topology_records:
-        det.process("TopologyRecord", record)
-    outputs: list[Output] = []
-    for i in order:
-        _, schema, record = frames[i]
-        if skip is None or not skip(frames[i]):
-            outputs += det.process(schema, record)
-    verdicts = [o.record for o in outputs if o.schema == "Verdict"]
-    features = {
-        (o.record["window_end_ns"], o.record["entity"]): o.record["features"]
-        for o in outputs
-        if o.schema == "FeatureWindow"
-    }
-    return det, verdicts, features
+    return run(topology_records, frames, {delayed: DELAY_NS} if delayed else {}, settled_ns)
 
 
 def _of(features: dict[tuple[int, str], dict[str, float]], prefix: str, after_ns: int) -> Any:
@@ -159,14 +137,14 @@ def _of(features: dict[tuple[int, str], dict[str, float]], prefix: str, after_ns
 )
 def test_a_source_read_late_is_waited_for_feed_by_feed(delayed: str, prefix: str) -> None:
     topology_records, frames = _sim_frames()
-    det, verdicts, features = _run_delayed(topology_records, frames, None)
-    late_det, late_verdicts, late_features = _run_delayed(topology_records, frames, delayed)
-    assert late_det.stats.late_frames <= det.stats.late_frames
+    in_order = _run_delayed(topology_records, frames, None)
+    late = _run_delayed(topology_records, frames, delayed)
+    assert late.late_frames <= in_order.late_frames
     after_ns = frames[0][0] + 1_000_000_000
-    mine = _of(features, prefix, after_ns)
+    mine = _of(in_order.windows, prefix, after_ns)
     assert any(mine.values())
-    assert _of(late_features, prefix, after_ns) == mine
-    assert late_verdicts == verdicts
+    assert _of(late.windows, prefix, after_ns) == mine
+    assert late.verdicts == in_order.verdicts
 
 
 def _silent_sources(verdicts: list[dict[str, Any]]) -> set[str]:
@@ -181,25 +159,25 @@ def test_a_source_is_silent_when_all_its_feeds_are_and_not_when_one_is() -> None
     topology_records, frames = _sim_frames()
     stop_ns = frames[0][0] + 2_000_000_000
 
-    def node01_nic(port: str | None) -> Any:
-        def skip(frame: tuple[int, str, dict[str, Any]]) -> bool:
-            t, schema, record = frame
-            return (
+    def without_node01_nic(port: str | None) -> list[Frame]:
+        return [
+            (t, schema, record)
+            for t, schema, record in frames
+            if not (
                 schema == "NicCounterFrame"
                 and record["node"] == "node01"
                 and (port is None or record["port"] == port)
                 and t > stop_ns
             )
-
-        return skip
+        ]
 
     ports = sorted(
         {r["port"] for _, s, r in frames if s == "NicCounterFrame" and r["node"] == "node01"}
     )
     assert len(ports) > 1
-    det, verdicts, _ = _run_delayed(topology_records, frames, None, node01_nic(ports[0]))
-    assert "node01#nic" not in _silent_sources(verdicts)
-    assert ("llama70b-a", "nic", "node01") not in det.silent_sources()
-    det, verdicts, _ = _run_delayed(topology_records, frames, None, node01_nic(None))
-    assert "node01#nic" in _silent_sources(verdicts)
-    assert ("llama70b-a", "nic", "node01") in det.silent_sources()
+    one_port = _run_delayed(topology_records, without_node01_nic(ports[0]), None)
+    assert "node01#nic" not in _silent_sources(one_port.verdicts)
+    assert ("llama70b-a", "nic", "node01") not in one_port.silent_sources
+    every_port = _run_delayed(topology_records, without_node01_nic(None), None)
+    assert "node01#nic" in _silent_sources(every_port.verdicts)
+    assert ("llama70b-a", "nic", "node01") in every_port.silent_sources

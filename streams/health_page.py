@@ -112,10 +112,10 @@ def health_document(
     for detector in list(pool.shards.values()):
         seen = frozenset(detector.deployments_seen())
         held_with.update(dict.fromkeys(seen, seen))
-        snap = detector.watermarks.snapshot()
-        for stream, t_ns in snap["latest"]:  # type: ignore[attr-defined]
-            dep = str(stream[0])
-            latest[dep] = max(latest.get(dep, 0), int(t_ns))
+        tracker = detector.watermarks
+        for stream in tracker.streams():
+            dep = str(stream[0])  # type: ignore[index]
+            latest[dep] = max(latest.get(dep, 0), tracker.latest_ns(stream) or 0)
         for dep, source, node in detector.silent_sources():
             silent.setdefault(node, set()).add(source)
             silent_deps.setdefault(dep, set()).add(node)

@@ -35,6 +35,7 @@ from infra import containers, kafka_broker, redis_server
 from infra.common import InfraError
 from infra.kafka_admin import admin_client
 from skewscope.config import Settings, load_settings
+from tests.live import sweep_session_topics
 
 KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "settings", "unique_topic"})
 REDIS_FIXTURES = frozenset({"redis_url", "redis_test_url", "redis_client", "settings"})
@@ -60,6 +61,7 @@ class Services:
         self.config = config
         self.base = load_settings()
         self.chosen: dict[str, ServiceChoice] = {}
+        self.swept: str = ""
         self._docker: bool | None = None
         self._stack = contextlib.ExitStack()
 
@@ -164,6 +166,20 @@ class Services:
             print()
             yield
 
+    def sweep(self) -> None:
+        """Delete the topics this session's tests made under their own prefixes and app ids
+        (tests/live.py). A container is discarded whole; a broker from the environment or
+        infra/ outlives the session, and its topics would pile up run after run."""
+        if "kafka" not in self.chosen or self.mode("KAFKA_BOOTSTRAP") == "docker":
+            return
+        settings = dataclasses.replace(self.base, kafka_bootstrap=self.chosen["kafka"].address)
+        try:
+            n = sweep_session_topics(settings)
+        except KafkaException as exc:
+            self.swept = f"test topics not deleted: {exc}"
+        else:
+            self.swept = f"deleted {n} topics the tests made under their own prefixes"
+
     def close(self) -> None:
         self._stack.close()
 
@@ -190,14 +206,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.redis)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _services(session.config).sweep()
+
+
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
-    chosen = _services(config).chosen
-    if chosen:
+    services = _services(config)
+    if services.chosen:
         terminalreporter.write_sep("=", "services")
-        for choice in chosen.values():
+        for choice in services.chosen.values():
             terminalreporter.write_line(choice.line())
+        if services.swept:
+            terminalreporter.write_line(f"kafka: {services.swept}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -10,9 +10,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from confluent_kafka import KafkaException
+
+from infra.kafka_admin import admin_client
 from infra.topics import ensure_topics
 from skewscope.config import Settings, Topics
 from skewscope.kafka.consumer import DecodingConsumer, Event
@@ -21,11 +24,54 @@ from skewscope.process import stop_process
 REPO = Path(__file__).resolve().parents[1]
 
 
-def isolated(settings: Settings) -> Settings:
-    """Settings whose topics carry a fresh prefix, created on the broker."""
+# Topic-name prefixes this test session made (its topic prefixes and its workers' app ids,
+# under which Faust names its changelog and assignor topics); conftest deletes the topics
+# under them when the session ends, so repeated runs do not pile partitions up on a broker
+# that outlives them (a local broker with thousands took over a minute to restart).
+SESSION_NAMESPACES: set[str] = set()
+
+
+def fresh_prefix() -> str:
+    """A new ``t<hex>.`` topic prefix, swept at the end of the session."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
+    SESSION_NAMESPACES.add(prefix)
+    return prefix
+
+
+def fresh_app_id() -> str:
+    """A new ``worker-<hex>`` Faust app id; its internal topics are swept with the session."""
+    app_id = f"worker-{uuid.uuid4().hex[:8]}"
+    SESSION_NAMESPACES.add(f"{app_id}-")
+    return app_id
+
+
+def sweep_session_topics(settings: Settings, namespaces: set[str] = SESSION_NAMESPACES) -> int:
+    """Delete the topics under ``namespaces`` (this session's); returns how many were asked
+    to go. Only names this process made are touched, so a broker shared with other sessions
+    keeps theirs."""
+    if not namespaces:
+        return 0
+    admin = admin_client(settings, quiet=True)
+    names = [
+        t
+        for t in admin.list_topics(timeout=30).topics
+        if any(t.startswith(ns) for ns in namespaces)
+    ]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            with suppress(KafkaException):  # already gone: nothing to undo
+                future.result(timeout=30)
+    return len(names)
+
+
+def isolated(settings: Settings, partitions: int = 2) -> Settings:
+    """Settings whose topics carry a fresh prefix, created on the broker."""
+    prefix = fresh_prefix()
     out = dataclasses.replace(
-        settings, topic_prefix=prefix, topics=Topics().prefixed(prefix), telemetry_partitions=2
+        settings,
+        topic_prefix=prefix,
+        topics=Topics().prefixed(prefix),
+        telemetry_partitions=partitions,
     )
     ensure_topics(out, log=lambda *_: None)
     return out
@@ -52,7 +98,7 @@ def worker(settings: Settings, web_port: int, app_id: str = "") -> Iterator[subp
     Its output goes to a file, not a pipe nobody drains: a chatty worker (reconnecting after
     a broker restart) would otherwise fill the pipe and block. When the body fails, the tail
     of that file is printed (pytest shows it with the failure)."""
-    app_id = app_id or f"worker-{uuid.uuid4().hex[:8]}"
+    app_id = app_id or fresh_app_id()
     cmd = [
         sys.executable,
         "-m",

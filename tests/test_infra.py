@@ -278,3 +278,17 @@ def test_redis_lifecycle_from_scratch(tmp_path: Path) -> None:
     finally:
         assert redis_server.down(settings, log=lines.append)
     assert redis_server.status(settings).source == "down"
+
+
+def test_session_sweep_deletes_only_topics_under_its_namespaces(settings: Settings) -> None:
+    from tests.live import isolated, sweep_session_topics
+
+    mine = isolated(settings, partitions=1)
+    other = isolated(settings, partitions=1)
+    admin = admin_client(settings)
+    deleted = sweep_session_topics(settings, {mine.topic_prefix})
+    assert deleted == len(topic_specs(mine))
+    left = set(admin.list_topics(timeout=10).topics)
+    assert not {t for t in left if t.startswith(mine.topic_prefix)}
+    assert {spec.name for spec in topic_specs(other)} <= left
+    assert sweep_session_topics(settings, set()) == 0

@@ -8,7 +8,6 @@ content) and come from at most one checkpoint interval.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import signal
@@ -26,33 +25,20 @@ from confluent_kafka import Consumer, TopicPartition
 
 from infra import kafka_broker
 from infra.kafka_admin import admin_client
-from infra.topics import ensure_topics
 from models.detector import Detector, DetectorConfig
 from schemas.codec import AvroCodec
-from skewscope.config import Settings, Topics
+from skewscope.config import Settings
 from skewscope.kafka.consumer import Event
 from skewscope.kafka.producer import EventProducer
 from streams.checkpoint import read_checkpoint
 from streams.topology import Topology
-from tests.live import consume_until, worker
+from tests.live import consume_until, fresh_app_id, isolated, worker
 from tests.synthetic import T0_NS, collective_frames, request_frame, topology
 
 HOP_NS = DetectorConfig().window.hop_ns
 INTERVAL_WINDOWS = 4  # the worker's default checkpoint interval
 Frame = tuple[str, str, dict[str, Any]]  # (deployment key, schema, record)
 VerdictId = tuple[str, int]  # (entity, version)
-
-
-def _isolated(settings: Settings, partitions: int) -> Settings:
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    out = dataclasses.replace(
-        settings,
-        topic_prefix=prefix,
-        topics=Topics().prefixed(prefix),
-        telemetry_partitions=partitions,
-    )
-    ensure_topics(out, log=lambda *_: None)
-    return out
 
 
 def _partition_of(key: str, partitions: int) -> int:
@@ -219,7 +205,7 @@ def _latest_checkpoints(settings: Settings, app_id: str) -> dict[int, Any]:
 
 
 def test_killed_worker_recovers_from_changelog_without_early_input(settings: Settings) -> None:
-    settings = _isolated(settings, partitions=2)
+    settings = isolated(settings, partitions=2)
     deployments = _deployments(2, 2)
     frames = _frames(deployments, seconds=10)
     # Cut where no checkpoint falls: the kill loses state the restart must rebuild.
@@ -227,7 +213,7 @@ def test_killed_worker_recovers_from_changelog_without_early_input(settings: Set
     first, second = frames[:split], frames[split:]
     expected_first = _reference(first, deployments, 2)
     expected, progress = _reference_run(frames, deployments, 2)
-    app_id = f"worker-{uuid.uuid4().hex[:8]}"
+    app_id = fresh_app_id()
     _produce(settings, first, with_topology=deployments)
     with worker(settings, 16071, app_id) as proc:
         consume_until(settings, settings.topics.verdicts, _covers(expected_first), 60, proc)
@@ -292,13 +278,13 @@ def test_a_topic_first_read_after_a_checkpoint_is_read_again_after_a_crash(
     """A telemetry topic whose first messages come after the shard's last checkpoint, and
     which the group commits past before the next one: the checkpoint carries where that
     topic started, so the restarted worker reads them again and nothing is lost."""
-    settings = _isolated(settings, partitions=1)
+    settings = isolated(settings, partitions=1)
     (dep,) = _deployments(1, 1)
     collectives = [(dep, s, r) for s, r in collective_frames({5: 1.2}, 6, dep)]
     first, second = collectives[: len(collectives) // 2], collectives[len(collectives) // 2 :]
     requests, more_requests = _late_requests(dep, 0, 3), _late_requests(dep, 3, 2)
     _, progress = _reference_run(first + requests + second + more_requests, [dep], 1)
-    app_id = f"worker-{uuid.uuid4().hex[:8]}"
+    app_id = fresh_app_id()
     topic = settings.topics.engine_requests
     _produce(settings, first, with_topology=[dep])
     with worker(settings, 16077, app_id) as proc:
@@ -342,13 +328,13 @@ def test_a_topic_first_read_after_a_checkpoint_is_read_again_after_a_crash(
 def test_worker_rides_out_a_broker_restart(settings: Settings) -> None:
     if not kafka_broker.status(settings).managed:
         pytest.skip("the broker is not the managed local one (infra/); not restarting it")
-    settings = _isolated(settings, partitions=2)
+    settings = isolated(settings, partitions=2)
     deployments = _deployments(2, 2)
     frames = _frames(deployments, seconds=10)
     first, second = frames[: len(frames) // 2], frames[len(frames) // 2 :]
     expected, progress = _reference_run(frames, deployments, 2)
     _produce(settings, first, with_topology=deployments)
-    with worker(settings, 16073, f"worker-{uuid.uuid4().hex[:8]}") as proc:
+    with worker(settings, 16073, fresh_app_id()) as proc:
         consume_until(
             settings, settings.topics.verdicts, _covers(_reference(first, deployments, 2)), 60, proc
         )
@@ -361,11 +347,11 @@ def test_worker_rides_out_a_broker_restart(settings: Settings) -> None:
 
 
 def test_two_workers_split_partitions_and_agree_with_one(settings: Settings) -> None:
-    settings = _isolated(settings, partitions=4)
+    settings = isolated(settings, partitions=4)
     deployments = _deployments(4, 4)
     frames = _frames(deployments, seconds=6)
     expected, progress = _reference_run(frames, deployments, 4)
-    app_id = f"worker-{uuid.uuid4().hex[:8]}"
+    app_id = fresh_app_id()
     _produce(settings, [], with_topology=deployments)
     with worker(settings, 16074, app_id) as one, worker(settings, 16075, app_id) as two:
 
@@ -384,7 +370,7 @@ def test_two_workers_split_partitions_and_agree_with_one(settings: Settings) -> 
 
 
 def test_silent_rank_advances_the_watermark_and_yields_rank_hang(settings: Settings) -> None:
-    settings = _isolated(settings, partitions=2)
+    settings = isolated(settings, partitions=2)
     hang_after_s = 3.0
     frames = [
         ("dep0", s, r) for s, r in collective_frames({}, 8, hung_rank=3, hang_after_s=hang_after_s)

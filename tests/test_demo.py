@@ -21,8 +21,8 @@ from skewscope.demo import orchestrator
 from skewscope.demo.children import Children
 from skewscope.demo.options import DemoOptions
 from skewscope.demo.paced import paced
-from skewscope.demo.script import MIN_SIM_S, injecting, sim_seconds
-from skewscope.demo.summary import summarize
+from skewscope.demo.script import MIN_SIM_S, injecting, load_causes, sim_seconds
+from skewscope.demo.summary import LoadCause, summarize
 from skewscope.demo.terminal import DeploymentLine, Snapshot, TerminalView
 from tests.live import REPO, env_for
 
@@ -98,6 +98,35 @@ def test_summary_keeps_the_last_record_of_a_label_and_flags_a_lookalike_false_al
     assert summary.faults[0].in_redis is None  # no Redis in this run: say nothing about it
     assert summary.all_named()
     assert any(line.startswith("lookalike raised load-burst on dep") for line in summary.lines())
+
+
+def test_summary_lists_the_load_causes_the_truth_never_labelled() -> None:
+    harmed = LoadCause("kv-budget", "kv-cache-pressure", "dep-a", START + 10 * S)
+    unharmed = LoadCause("long-prompt-tenant", "request-length-skew", "dep-b", START + 40 * S)
+    # harm on dep-b's queue came before this cause's onset: not its label
+    before = LoadCause("long-prompt-tenant", "request-length-skew", "dep-c", START + 30 * S)
+    labels = [
+        _label(0, "dep-a", "kv-cache-pressure", 14.0, 20.0),
+        _label(1, "dep-c", "request-length-skew", 5.0, 9.0),
+    ]
+    summary = summarize(labels, [], START, load_causes=[harmed, unharmed, before])
+    assert summary.unharmed == [unharmed, before]
+    assert (
+        "load no harm     long-prompt-tenant on dep-b (onset +40.0 s): no verdict due"
+        in summary.lines()
+    )
+    assert summary.lines()[-1].startswith("result: 0/2 injected faults")
+
+
+def test_the_mixed_script_has_one_load_cause_once_its_onset_is_simulated() -> None:
+    mixed = load_scenario("mixed")
+    (cause,) = load_causes(mixed, START, 60.0)
+    assert (cause.kind, cause.condition, cause.target) == (
+        "long-prompt-tenant",
+        "request-length-skew",
+        "llama70b-b",
+    )
+    assert load_causes(mixed, START, (cause.onset_ns - START) / S) == []
 
 
 # -- terminal -------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from sinks.redis_writer import avoid_score, is_avoidable
 from skewscope.config import Settings
 from skewscope.demo.options import DEFAULT_WEB_PORT, DemoOptions
 from skewscope.demo.paced import paced
-from skewscope.demo.script import injecting, sim_seconds
+from skewscope.demo.script import injecting, load_causes, sim_seconds
 from skewscope.demo.summary import summarize
 from skewscope.demo.terminal import DeploymentLine, Snapshot, TerminalView
 from streams.health_page import HealthHistory, health_document, page_html
@@ -86,7 +86,8 @@ def run_in_process(
             server.shutdown()
             server.server_close()
         view.close()
-    summary = summarize(sim.labels, verdicts, sim.start_ns, in_redis=None)
+    causes = load_causes(scenario, sim.start_ns, (sim.now_ns - sim.start_ns) / 1e9)
+    summary = summarize(sim.labels, verdicts, sim.start_ns, in_redis=None, load_causes=causes)
     view.say("")
     view.say(f"== summary (in process, scenario {scenario.name}) ==")
     for line in summary.lines():

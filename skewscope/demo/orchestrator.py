@@ -62,7 +62,13 @@ from skewscope.demo.children import Child, Children
 from skewscope.demo.isolation import DemoRun, cleanup, new_run
 from skewscope.demo.options import DEFAULT_WEB_PORT, DemoOptions
 from skewscope.demo.paced import publish_topology
-from skewscope.demo.script import MIN_SIM_S, injecting, schedule_line, sim_seconds
+from skewscope.demo.script import (
+    MIN_SIM_S,
+    injecting,
+    load_causes,
+    schedule_line,
+    sim_seconds,
+)
 from skewscope.demo.summary import DemoSummary, summarize
 from skewscope.demo.terminal import DeploymentLine, Snapshot, TerminalView
 from streams.replay.history import read_topic
@@ -383,7 +389,10 @@ class LiveDemo:
         verdicts = [
             codec.decode(m.value).record for m in read_topic(settings, settings.topics.verdicts)
         ]
-        return summarize(labels, verdicts, self.start_ns, self._in_redis())
+        # an interrupted run covers the causes whose onset it reached
+        ran_s = min(self.sim_duration_s, (time.time_ns() - self.start_ns) / 1e9)
+        causes = load_causes(self.scenario, self.start_ns, ran_s)
+        return summarize(labels, verdicts, self.start_ns, self._in_redis(), load_causes=causes)
 
     def _summary_after_interrupt(self) -> DemoSummary | None:
         if self.producer is None or not self.start_ns:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from producers.sim import Scenario
 from producers.sim.faults import KINDS
+from skewscope.demo.summary import LoadCause
 
 MIN_SIM_S = 5.0
 
@@ -27,6 +28,17 @@ def schedule_line(scenario: Scenario) -> str:
     """One line: every fault of the script with its onset."""
     faults = [f"{f.kind} on {f.target} at {f.onset_s:g} s" for f in scenario.faults]
     return "faults scheduled: " + ("; ".join(faults) if faults else "none")
+
+
+def load_causes(scenario: Scenario, start_ns: int, sim_s: float) -> list[LoadCause]:
+    """The script's load-family causes with their onset inside the ``sim_s`` simulated.
+    The truth labels their condition only when it measures harm (SLO breached while a peer
+    had room), so the summary says which of them never did."""
+    return [
+        LoadCause(f.kind, KINDS[f.kind].condition, f.target, start_ns + round(f.onset_s * 1e9))
+        for f in scenario.faults
+        if KINDS[f.kind].load_family and f.onset_s < sim_s
+    ]
 
 
 def sim_seconds(budget_s: float, scenario_s: float) -> float:

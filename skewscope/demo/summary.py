@@ -4,6 +4,8 @@ Pure functions over FaultLabel and Verdict records (no I/O). Matching is the bac
 (:mod:`models.scoring`): a fault counts as named when a firing verdict of its condition on
 its exact entity started between its onset and its end plus the grace (5 s). A look-alike
 label (``lookalike:<kind>``) is a harmless cause that must raise no verdict on its entity.
+A load-family cause is labelled only when the truth measures its harm; one that never was is
+listed as "load no harm" (a verdict on it would be among the "other" episodes).
 Every verdict episode that answers no label is listed as "other" (grouped by condition and
 entity: the first start, and how many episodes).
 
@@ -12,6 +14,7 @@ Output lines have a fixed shape so scripts and tests can read them::
     fault detected   tp-straggler on llama70b-a/rank5 (onset +5.3 s): verdict after 1.30 s, in Redis
     fault missed     pcie-saturation on node02 (onset +31.6 s): no verdict named it
     lookalike quiet  load-burst on llama70b-a (onset +12.1 s): no verdict, as it should be
+    load no harm     long-prompt-tenant on llama70b-b (onset +43.4 s): no verdict due
     other            kv-cache-pressure on llama70b-a at +19.4 s for 1.2 s
     other            unattributed-anomaly on node00/p0 at +30.7 s (6 episodes)
     result: 3/3 injected faults named by a verdict, 0 look-alike false alarms, 7 other episodes
@@ -44,6 +47,17 @@ class FaultLine:
     in_redis: bool | None
 
 
+@dataclass(frozen=True)
+class LoadCause:
+    """A load-family cause of the script: its kind, the condition it can lead to, its
+    target entity and its onset (ns)."""
+
+    kind: str
+    condition: str
+    target: str
+    onset_ns: int
+
+
 @dataclass
 class DemoSummary:
     """Injected faults, look-alikes and other verdicts of one run."""
@@ -52,6 +66,7 @@ class DemoSummary:
     faults: list[FaultLine] = field(default_factory=list)
     lookalikes: list[tuple[dict[str, Any], bool]] = field(default_factory=list)
     other: list[Episode] = field(default_factory=list)
+    unharmed: list[LoadCause] = field(default_factory=list)
 
     @property
     def detected(self) -> int:
@@ -78,6 +93,9 @@ class DemoSummary:
                 out.append(f"lookalike raised {what}: a verdict fired on it (false alarm)")
             else:
                 out.append(f"lookalike quiet  {what}: no verdict, as it should be")
+        for cause in self.unharmed:
+            onset = f"onset +{(cause.onset_ns - self.start_ns) / 1e9:.1f} s"
+            out.append(f"load no harm     {cause.kind} on {cause.target} ({onset}): no verdict due")
         for (condition, entity), eps in self._other_groups().items():
             at = (eps[0].start_ns - self.start_ns) / 1e9
             if len(eps) == 1:
@@ -110,11 +128,14 @@ def summarize(
     start_ns: int,
     in_redis: Collection[tuple[str, str]] | None = None,
     grace_ns: int = GRACE_NS,
+    load_causes: Iterable[LoadCause] = (),
 ) -> DemoSummary:
     """Match ``labels`` (last record per ``label_id`` wins) against ``verdicts``.
 
     ``in_redis``: (entity, condition) pairs that reached Redis as firing verdicts, or None
-    when Redis was not part of the run (in-process fallback).
+    when Redis was not part of the run (in-process fallback). ``load_causes``: the script's
+    load-family causes; those with no label of their condition on their target from their
+    onset on are listed as unharmed.
     """
     latest: dict[str, dict[str, Any]] = {}
     for label in labels:
@@ -136,6 +157,16 @@ def summarize(
     for label in ordered:
         if is_lookalike(label):
             summary.lookalikes.append((label, _raised(label, eps, grace_ns)))
+    summary.unharmed = [
+        cause
+        for cause in load_causes
+        if not any(
+            lb["condition"] == cause.condition
+            and lb["entity"] == cause.target
+            and (lb.get("end_ns") is None or int(lb["end_ns"]) >= cause.onset_ns)
+            for lb in faults
+        )
+    ]
     explains = explained_by(eps, faults, grace_ns)
     summary.other = sorted(
         (ep for ep, hits in zip(eps, explains, strict=True) if not hits),

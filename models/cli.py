@@ -25,6 +25,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         processes=args.processes,
         novel_episodes=args.novel_episodes,
         clean_segments=args.clean_segments,
+        frame_interval_ms=args.frame_interval_ms,
     )
     write(result, Path(args.json))
     if args.markdown:
@@ -78,6 +79,11 @@ def add_evaluate_commands(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--novel-episodes", type=int, default=3, help="novel-fault episodes")
     parser.add_argument(
         "--processes", type=int, default=0, help="worker processes (0: one per core)"
+    )
+    parser.add_argument(
+        "--frame-interval-ms",
+        type=int,
+        help="telemetry frame period of every episode (default: each scenario's, 200 ms)",
     )
     parser.add_argument("--json", required=True, help="where to write the metrics JSON")
     parser.add_argument("--markdown", help="also write the table as Markdown")

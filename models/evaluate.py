@@ -21,6 +21,7 @@ and the truth's labels and the detector's verdicts that begin in the tail are no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -147,7 +148,11 @@ def evaluate(
     progress: bool = True,
     novel_episodes: int = 3,
     clean_segments: int = 0,
+    frame_interval_ms: int | None = None,
 ) -> dict[str, Any]:
+    """The suite's metrics. ``frame_interval_ms`` replaces every episode's telemetry frame
+    period (its scenario's ``cluster.frame_interval_ms``): the detector judged at another
+    frame cadence, on the same faults and seeds."""
     from producers.sim import load_scenario
     from producers.sim.suite import make_suite
 
@@ -156,10 +161,13 @@ def evaluate(
     suite = make_suite(
         episodes_per_condition=episodes_per_condition, seed=seed, duration_s=duration_s
     )
+    framed = _Framed(frame_interval_ms)
     started = time.perf_counter()
     tty = sys.stdout.isatty()
     results: list[EpisodeResult] = []
-    for i, result in enumerate(_stream(suite, without_sources, runbook_path, processes)):
+    for i, result in enumerate(
+        _stream(framed.all(suite), without_sources, runbook_path, processes)
+    ):
         results.append(result)
         if progress and (tty or (i + 1) % 20 == 0 or i + 1 == len(suite)):
             line = f"evaluate: {i + 1}/{len(suite)} episodes, {time.perf_counter() - started:.0f} s"
@@ -182,7 +190,7 @@ def evaluate(
     outcomes = match_labels([x for r in results for x in r.labels], all_eps, 5e9)
     clean_runs = {}
     for name in ("azure-code", "azure-conv"):
-        ep = clean_episode(f"clean-{name}", load_scenario(name), seed, clean_duration_s)
+        ep = framed(clean_episode(f"clean-{name}", load_scenario(name), seed, clean_duration_s))
         res = run_episode((ep, without_sources, runbook_path, 0))
         node_hours = res.node_count * res.sim_s / 3600
         summary = clean_summary(res.verdicts, node_hours, res.labels)
@@ -194,7 +202,9 @@ def evaluate(
             "utilization": round(res.utilization["busy"], 4),
             "utilization_parts": {k: round(v, 4) for k, v in res.utilization.items()},
         }
-    out["novel"] = _novel(novel_episodes, seed, without_sources, runbook_path, runbook, processes)
+    out["novel"] = _novel(
+        novel_episodes, seed, without_sources, runbook_path, runbook, processes, framed
+    )
     unattributed = sum(
         c["by_condition"].get("unattributed-anomaly", 0) for c in clean_runs.values()
     )
@@ -211,7 +221,7 @@ def evaluate(
             clean_segments,
             seed,
             clean_duration_s,
-            lambda eps: _stream(eps, without_sources, runbook_path, processes),
+            lambda eps: _stream(framed.all(eps), without_sources, runbook_path, processes),
         )
     out["confusion"] = confusion(outcomes)
     out["suite"] = {
@@ -220,6 +230,7 @@ def evaluate(
         "episodes": len(results),
         "duration_s": duration_s,
         "without_sources": sorted(without_sources),
+        "frame_interval_ms": frame_interval_ms,
         "samples": samples,
         "episode_wall_s_total": round(wall, 1),
         "elapsed_s": round(time.perf_counter() - started, 1),
@@ -234,6 +245,7 @@ def _novel(
     runbook_path: str,
     runbook: Runbook,
     processes: int,
+    framed: _Framed,
 ) -> dict[str, Any]:
     """A fault outside the runbook (periodic 200 ms NIC stalls, after the models warmed up):
     the share flagged ``unattributed-anomaly`` on the stalled port or a related entity."""
@@ -255,7 +267,7 @@ def _novel(
         )
         for i in range(count)
     ]
-    results = list(_stream(episodes_, dropped, runbook_path, processes))
+    results = list(_stream(framed.all(episodes_), dropped, runbook_path, processes))
     labels = [x for r in results for x in r.labels if x["condition"].startswith("novel:")]
     verdicts = [v for r in results for v in r.verdicts]
     novel = score(labels, verdicts, runbook)["novel"]
@@ -266,6 +278,24 @@ def _novel(
         "misread_as_runbook": novel["misread_as_runbook"],
         "latency_p50_s": novel["latency_p50_s"],
     }
+
+
+@dataclass(frozen=True)
+class _Framed:
+    """Episodes with their scenario's frame period replaced (None: left as they are)."""
+
+    frame_interval_ms: int | None
+
+    def __call__(self, episode: Any) -> Any:
+        from producers.sim.scenario import with_frame_interval
+
+        if self.frame_interval_ms is None:
+            return episode
+        scenario = with_frame_interval(episode.scenario, self.frame_interval_ms)
+        return dataclasses.replace(episode, scenario=scenario)
+
+    def all(self, episodes_: list[Any]) -> list[Any]:
+        return [self(ep) for ep in episodes_]
 
 
 def _stream(

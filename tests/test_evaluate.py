@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from models.evaluate import EPISODE_SLOT_NS, run_episode
+from models.evaluate import EPISODE_SLOT_NS, _Framed, run_episode
 from models.report_table import markdown
 from models.runbook import load_runbook
 from models.scoring import score
+from producers.sim import Simulation
+from producers.sim.scenario import ScenarioError
 from producers.sim.suite import make_suite
 
 
@@ -41,6 +43,23 @@ def test_without_nic_the_retransmit_storm_is_not_seen(suite: list) -> None:
     blind_firing = {v["condition"] for v in blind.verdicts if v["state"] == "firing"}
     assert "retransmit-storm" in firing
     assert "retransmit-storm" not in blind_firing
+
+
+def test_a_frame_period_for_the_suite_reaches_the_frames_and_keeps_the_fault(
+    suite: list,
+) -> None:
+    episode = _episode(suite, "tp-straggler")
+    framed = _Framed(1000)(episode)
+    assert framed.scenario.cluster.frame_interval_ms == 1000
+    assert episode.scenario.cluster.frame_interval_ms == 200  # the suite's own is untouched
+    assert _Framed(None)(episode) is episode
+    fine = sum(1 for _ in Simulation(episode.scenario, seed=0).frames(duration_s=2.0))
+    coarse = sum(1 for _ in Simulation(framed.scenario, seed=0).frames(duration_s=2.0))
+    assert coarse * 5 == fine  # one frame a second per feed instead of five
+    result = run_episode((framed, frozenset(), "", 0))
+    assert "tp-straggler" in {v["condition"] for v in result.verdicts if v["state"] == "firing"}
+    with pytest.raises(ScenarioError, match="multiple of 100"):
+        _Framed(150)(episode)
 
 
 def test_markdown_table_states_targets() -> None:

@@ -8,12 +8,11 @@ only ``produce sim``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from producers.sim.scenario import bundled_scenarios, load_scenario, validate
+from producers.sim.scenario import bundled_scenarios, load_scenario, with_frame_interval
 
 
 def add_sim_parser(produce_sub: argparse._SubParsersAction) -> None:
@@ -97,9 +96,7 @@ def _produce_sim(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario)
     if args.frame_interval_ms is not None:
-        cluster = dataclasses.replace(scenario.cluster, frame_interval_ms=args.frame_interval_ms)
-        scenario = dataclasses.replace(scenario, cluster=cluster)
-        validate(scenario)
+        scenario = with_frame_interval(scenario, args.frame_interval_ms)
     duration = args.duration if args.duration is not None else scenario.duration_s
     settings = load_settings(Path(args.config) if args.config else None)
     sim = Simulation(scenario, seed=args.seed, rate_scale=args.rate_scale, topics=settings.topics)

@@ -289,6 +289,14 @@ def _build(cls: Any, raw: dict[str, Any], where: str) -> Any:
         raise ScenarioError(f"{where}: {exc}") from exc
 
 
+def with_frame_interval(scenario: Scenario, frame_interval_ms: int) -> Scenario:
+    """``scenario`` with its telemetry frames covering ``frame_interval_ms`` (validated)."""
+    cluster = dataclasses.replace(scenario.cluster, frame_interval_ms=frame_interval_ms)
+    framed = dataclasses.replace(scenario, cluster=cluster)
+    validate(framed)
+    return framed
+
+
 def validate(scenario: Scenario) -> None:
     """Raise ScenarioError on values the simulator cannot run."""
     c, w = scenario.cluster, scenario.workload

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from producers.sim import Simulation, load_scenario
+from producers.sim.clocks import Clocks
 from producers.sim.nic_counters import COUNTERS
 from producers.sim.readback import Readback
 from producers.sim.scenario import Scenario, ScenarioError, validate
@@ -221,6 +222,49 @@ def test_the_frame_period_groups_samples_without_changing_the_mechanics() -> Non
         assert np.array_equal(runs[period_ms][1], runs[100][1])
         assert runs[period_ms][2] == runs[100][2]
         assert runs[period_ms][3] == runs[100][3]
+
+
+def test_a_clock_step_stamps_only_the_times_from_its_onset_on() -> None:
+    """A frame is stamped after its whole period is simulated: the times in it from before
+    a step (or its undoing) read the clock as it was then."""
+    spec = dataclasses.replace(load_scenario("clock-desync").cluster, clock_jitter_ns=0.0)
+    clocks = Clocks(["node00", "node01"], spec, 0, np.random.default_rng(0))
+    t = np.array([1_000, 2_000, 3_000], dtype=np.int64) * 1_000_000
+    before = clocks.to_local(0, t)
+    clocks.set_step(0, 200_000.0, 2_000_000_000)  # stepped at 2 s, stamped at 3 s
+    assert (clocks.to_local(0, t) - before).tolist() == [0, 200_000, 200_000]
+    assert (clocks.to_local_each(np.array([0, 2, 0]), t) - before).tolist()[::2] == [0, 200_000]
+    other = clocks.to_local(2, t)
+    clocks.set_step(0, 0.0, 2_500_000_000)  # and back at 2.5 s
+    assert (clocks.to_local(0, t) - before).tolist() == [0, 200_000, 0]
+    assert np.array_equal(clocks.to_local(2, t), other)
+
+
+def test_a_clock_step_shows_from_its_onset_whatever_the_frame_period() -> None:
+    """The stepped node's collective start times before the onset are the same (within
+    the clock's jitter) with 100 ms and 1 s frames: the step is not read a frame early."""
+    scenario = load_scenario("clock-desync")  # node01 steps +200 us at 4.37 s
+    onset_ns = round(4.37e9)
+    starts = {}
+    for period_ms in (100, 1000):
+        cluster = dataclasses.replace(scenario.cluster, frame_interval_ms=period_ms)
+        sim = Simulation(dataclasses.replace(scenario, cluster=cluster), seed=3)
+        rows = {}
+        for f in sim.frames(duration_s=6.0):
+            if f.schema != "CollectiveFrame" or f.record["node"] != "node01":
+                continue
+            cols = unpack("CollectiveFrame", f.record)
+            keys = zip(cols["step"].tolist(), cols["rank"].tolist(), strict=True)
+            for (step, rank), start in zip(keys, cols["first_start_ns"].tolist(), strict=True):
+                rows[(f.record["group_id"], step, rank)] = start - sim.world.start_ns
+        starts[period_ms] = rows
+    common = starts[100].keys() & starts[1000].keys()
+    diff = {k: starts[1000][k] - starts[100][k] for k in common}
+    before = [d for k, d in diff.items() if starts[100][k] < onset_ns - 1_000_000]
+    after = [d for k, d in diff.items() if starts[100][k] > onset_ns + 1_000_000]
+    assert len(before) > 100 and len(after) > 100
+    assert max(abs(d) for d in before) < 2_000  # jitter (150 ns), never the 200 us step
+    assert max(abs(d) for d in after) < 2_000
 
 
 def test_a_frame_period_off_the_chunk_grid_is_refused() -> None:

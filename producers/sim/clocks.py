@@ -4,7 +4,8 @@ True time is the simulator's event time. A clock reads
 ``local = true + offset + drift_ppb * 1e-9 * (true - epoch) + step + jitter``.
 The residual offset of a PTP-disciplined clock is a small random constant plus half its path
 asymmetry (PTP cannot see asymmetry); jitter is drawn per timestamp. A clock step (the
-clock-desync cause) adds a constant from its onset on. Telemetry emitters stamp every
+clock-desync cause) adds a constant from its onset on (:meth:`Clocks.set_step`), also to
+timestamps of earlier events stamped after it. Telemetry emitters stamp every
 timestamp through :meth:`Clocks.to_local` of the clock named in the frame's ``clock_id``.
 
 Clock indices: ``2 * node`` is the node's host clock, ``2 * node + 1`` its DPU clock.
@@ -31,6 +32,10 @@ class Clocks:
         self.drift_ppb = rng.normal(0.0, spec.clock_drift_ppb, n)
         self.jitter_ns = float(spec.clock_jitter_ns)
         self.step_ns = np.zeros(n)
+        # (true time, clock, step before it) of every change of step_ns: a frame stamps its
+        # timestamps after its whole period was simulated, and those from before a change
+        # must read the clock as it was then
+        self._step_changes: list[tuple[int, int, float]] = []
         self._rng = rng
 
     @staticmethod
@@ -53,13 +58,29 @@ class Clocks:
         t = np.asarray(true_ns, dtype=np.int64)
         return self._stamp(t, self._error(np.asarray(clock, dtype=np.int64), t))
 
+    def set_step(self, clock: int, step_ns: float, at_ns: int) -> None:
+        """The clock steps to ``step_ns`` (from zero) at true time ``at_ns``: timestamps from
+        ``at_ns`` on carry it, earlier ones (stamped later) the step it had before."""
+        self._step_changes.append((at_ns, clock, float(self.step_ns[clock])))
+        self.step_ns[clock] = step_ns
+
     def _error(self, clock: int | np.ndarray, t: np.ndarray) -> np.ndarray:
         """Offset, step and drift of the clock(s) at true times t, ns (before jitter)."""
         return (
             self.offset_ns[clock]
-            + self.step_ns[clock]
+            + self._step_at(clock, t)
             + self.drift_ppb[clock] * 1e-9 * (t - self.epoch_ns).astype(np.float64)
         )
+
+    def _step_at(self, clock: int | np.ndarray, t: np.ndarray) -> np.ndarray | float:
+        """The step of the clock(s) at true times t: the current one, undone back through
+        the changes after each time (newest first)."""
+        step: np.ndarray | float = self.step_ns[clock]
+        for at_ns, changed, before in reversed(self._step_changes):
+            earlier = (t < at_ns) & (np.asarray(clock) == changed)
+            if earlier.any():
+                step = np.where(earlier, before, step)
+        return step
 
     def _stamp(self, t: np.ndarray, error: np.ndarray) -> np.ndarray:
         """t plus its clock error and a jitter draw per timestamp, rounded to whole ns."""

@@ -509,7 +509,13 @@ def _rank_hang(w: World, f: FaultSpec, sev: float) -> Undo:
 def _clock_step(w: World, f: FaultSpec, sev: float) -> Undo:
     node = _node_of(w, f.target)
     clock = w.clocks.host(node)
-    return _set(w.clocks.step_ns, clock, w.clocks.step_ns[clock] + sev)
+    before = float(w.clocks.step_ns[clock])
+    w.clocks.set_step(clock, before + sev, w.now_ns)
+
+    def undo() -> None:
+        w.clocks.set_step(clock, before, w.now_ns)
+
+    return undo
 
 
 def _kv_offload(w: World, f: FaultSpec, sev: float) -> Undo:

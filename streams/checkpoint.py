@@ -57,7 +57,8 @@ MAGIC = b"SKCK"
 # 11: the collective join keeps each rank's step periods by step start and each open step's
 # latest end; the request join's admissions keep the KV tokens each needed; the watermark
 # tracks feeds (a source's topics, ports and communicators) instead of sources
-FORMAT_VERSION = 11
+# 12: the clock aligner keeps a window of estimates per clock and when it found each step
+FORMAT_VERSION = 12
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 

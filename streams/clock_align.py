@@ -44,6 +44,7 @@ class ClockAligner:
     _offset_cache: dict[str, float] = field(default_factory=dict)
     _estimates: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
     _deployment_of: dict[str, str] = field(default_factory=dict)  # clock -> its deployment
+    _found_ns: dict[str, int] = field(default_factory=dict)  # clock -> when its last step was
 
     def reference(self, deployment: str) -> str | None:
         return self._reference.get(deployment)
@@ -82,11 +83,12 @@ class ClockAligner:
         self._offset_cache[clock] = estimate
         # A step is a fast change: the estimate now against the estimate one horizon ago.
         # Drift (tens of ppm) moves the estimate far less than the threshold in that time.
+        # The estimates of the last window are kept too (below).
         history = self._estimates.setdefault(clock, deque())
         history.append((at_ns, estimate))
-        while len(history) > 1 and history[1][0] <= at_ns - self.step_horizon_ns:
+        while len(history) > 1 and history[1][0] <= at_ns - self.window_ns:
             history.popleft()
-        then_ns, then_estimate = history[0]
+        then_ns, then_estimate = _last_before(history, at_ns - self.step_horizon_ns)
         last_step_at = self._steps.get(clock, (0.0, -(2**62)))[1]
         gap_ns = at_ns - then_ns
         threshold_ns = float(self.step_threshold_ns)
@@ -103,11 +105,24 @@ class ClockAligner:
                 return
             threshold_ns += self.drift_allowance_ppm * 1e-6 * (gap_ns - 2 * self.step_horizon_ns)
             step_at_ns = window[0][0]
+        change = estimate - then_estimate
         if (
-            abs(estimate - then_estimate) > threshold_ns
-            and at_ns - last_step_at > self.step_horizon_ns
+            step_at_ns == at_ns
+            and abs(change) <= threshold_ns
+            and at_ns - self._found_ns.get(clock, -(2**62)) > self.window_ns
         ):
-            self._steps[clock] = (estimate - then_estimate, step_at_ns)
+            # The median takes a window to move from the old offset to the new one. With
+            # sparse samples (a sampled collective every 16th step) a step can move it by
+            # halves a horizon apart, each under the threshold (200 us seen as 99.8 us, then
+            # 99.8 us): against the estimate a window ago it is whole. (Not within a window
+            # of finding the last step, while the median still moves to it.)
+            change = estimate - history[0][1]
+        if abs(change) > threshold_ns and at_ns - last_step_at > self.step_horizon_ns:
+            self._steps[clock] = (change, step_at_ns)
+            self._found_ns[clock] = at_ns
+            # later estimates are compared with the offset the step led to
+            history.clear()
+            history.append((at_ns, estimate))
 
     def offset_ns(self, clock: str) -> float:
         """Current offset of ``clock`` (local minus reference); 0 for unknown or reference."""
@@ -124,3 +139,13 @@ class ClockAligner:
 
     def clocks(self) -> list[str]:
         return sorted(self._offset_cache)
+
+
+def _last_before(history: deque[tuple[int, float]], at_ns: int) -> tuple[int, float]:
+    """The newest (time, estimate) of ``history`` at or before ``at_ns``; its oldest if none."""
+    found = history[0]
+    for entry in history:
+        if entry[0] > at_ns:
+            break
+        found = entry
+    return found

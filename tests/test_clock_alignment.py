@@ -123,3 +123,21 @@ def test_a_lone_late_reading_after_a_pause_is_not_a_step() -> None:
     """After a pause the window holds only the newest readings; one late reading (a
     descheduled rank) among fewer than three is not taken for a step."""
     assert _steps_seen((8.0, 11.0), step_at_s=99.0, readings={11.0: 400_000}) == (0, 0)
+
+
+def test_a_step_seen_by_sparse_samples_is_found_whole() -> None:
+    """Sampled collectives come in pairs about a second apart (every 16th step of two
+    groups). A 199 us step between two pairs moves the window's median by half at the next
+    pair and the other half a second later, each under the 100 us threshold against the
+    estimate one horizon before it (retransmit-storm-ref-026 of the suite); against the
+    estimate a window before, it is whole."""
+    aligner = ClockAligner()
+    pairs = [7.23, 7.296, 8.23, 8.24, 9.23, 9.296, 10.235, 10.244, 11.355, 11.364, 11.946]
+    for t in pairs:
+        true_ns = T0_NS + round(t * 1e9)
+        late = -4_000 - (199_000 if t >= 9.83 else 0)
+        aligner.observe("dep0", {"node0/host": true_ns, "node1/host": true_ns + late})
+    est = aligner.estimate("node1/host")
+    assert round(est.last_step_ns, -3) == -199_000
+    assert round((est.last_step_at_ns - T0_NS) / 1e9, 2) == 11.35  # found at the next pair
+    assert round(est.offset_ns, -3) == -203_000

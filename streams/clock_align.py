@@ -44,7 +44,7 @@ class ClockAligner:
     _offset_cache: dict[str, float] = field(default_factory=dict)
     _estimates: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
     _deployment_of: dict[str, str] = field(default_factory=dict)  # clock -> its deployment
-    _found_ns: dict[str, int] = field(default_factory=dict)  # clock -> when its last step was
+    _found_ns: dict[str, int] = field(default_factory=dict)  # clock -> last step found at
 
     def reference(self, deployment: str) -> str | None:
         return self._reference.get(deployment)

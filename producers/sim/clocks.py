@@ -4,8 +4,9 @@ True time is the simulator's event time. A clock reads
 ``local = true + offset + drift_ppb * 1e-9 * (true - epoch) + step + jitter``.
 The residual offset of a PTP-disciplined clock is a small random constant plus half its path
 asymmetry (PTP cannot see asymmetry); jitter is drawn per timestamp. A clock step (the
-clock-desync cause) adds a constant from its onset on (:meth:`Clocks.set_step`), also to
-timestamps of earlier events stamped after it. Telemetry emitters stamp every
+clock-desync cause) adds a constant from its onset on (:meth:`Clocks.set_step`); timestamps
+of earlier events, stamped after it (a frame is stamped at its end), read the clock as it
+was then. Telemetry emitters stamp every
 timestamp through :meth:`Clocks.to_local` of the clock named in the frame's ``clock_id``.
 
 Clock indices: ``2 * node`` is the node's host clock, ``2 * node + 1`` its DPU clock.

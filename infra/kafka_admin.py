@@ -6,10 +6,12 @@ starting those lines are noise, so probes use a logger that drops them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from infra.net import first_bootstrap, port_open
@@ -45,6 +47,24 @@ def admin_client(
         conf["logger"] = _SILENT
         conf["error_cb"] = lambda _err: None
     return AdminClient(conf)
+
+
+def delete_topics_under(
+    settings: Settings, prefixes: Iterable[str], timeout_s: float = 30.0
+) -> int:
+    """Delete every topic whose name starts with one of ``prefixes``; returns how many were
+    asked to go. One already gone (or still being deleted) is no error: nothing to undo.
+    Listing the topics raises KafkaException when the broker does not answer."""
+    wanted = tuple(prefixes)
+    if not wanted:
+        return 0
+    admin = admin_client(settings, quiet=True)
+    names = [t for t in admin.list_topics(timeout=timeout_s).topics if t.startswith(wanted)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=timeout_s).values():
+            with contextlib.suppress(KafkaException):
+                future.result(timeout=timeout_s)
+    return len(names)
 
 
 def broker_answers(

@@ -10,12 +10,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
-from confluent_kafka import KafkaException
-
-from infra.kafka_admin import admin_client
+from infra.kafka_admin import delete_topics_under
 from infra.topics import ensure_topics
 from skewscope.config import Settings, Topics
 from skewscope.kafka.consumer import DecodingConsumer, Event
@@ -49,19 +47,7 @@ def sweep_session_topics(settings: Settings, namespaces: set[str] = SESSION_NAME
     """Delete the topics under ``namespaces`` (this session's); returns how many were asked
     to go. Only names this process made are touched, so a broker shared with other sessions
     keeps theirs."""
-    if not namespaces:
-        return 0
-    admin = admin_client(settings, quiet=True)
-    names = [
-        t
-        for t in admin.list_topics(timeout=30).topics
-        if any(t.startswith(ns) for ns in namespaces)
-    ]
-    if names:
-        for future in admin.delete_topics(names, operation_timeout=30).values():
-            with suppress(KafkaException):  # already gone: nothing to undo
-                future.result(timeout=30)
-    return len(names)
+    return delete_topics_under(settings, namespaces)
 
 
 def isolated(settings: Settings, partitions: int = 2) -> Settings:

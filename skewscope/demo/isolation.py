@@ -11,7 +11,6 @@ run's topics, Redis keys and Faust data directory afterwards (logs are kept, the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
-from infra.kafka_admin import admin_client
+from infra.kafka_admin import delete_topics_under
 from sinks.config import SinkConfig
 from sinks.connection import connect
 from skewscope.config import Settings, Topics
@@ -81,17 +80,9 @@ def new_run(settings: Settings, sink_config: SinkConfig, var_dir: Path | None = 
 def cleanup(run: DemoRun, timeout_s: float = 30.0) -> list[str]:
     """Delete the run's topics, Redis keys and Faust data; one line per thing done."""
     lines = []
-    admin = admin_client(run.settings, quiet=True)
     try:
-        names = [
-            t for t in admin.list_topics(timeout=timeout_s).topics if t.startswith(run.topic_prefix)
-        ]
-        if names:
-            futures = admin.delete_topics(names, operation_timeout=timeout_s)
-            for future in futures.values():
-                with contextlib.suppress(KafkaException):
-                    future.result(timeout=timeout_s)
-        lines.append(f"deleted {len(names)} topics {run.topic_prefix}*")
+        deleted = delete_topics_under(run.settings, [run.topic_prefix], timeout_s)
+        lines.append(f"deleted {deleted} topics {run.topic_prefix}*")
     except KafkaException as exc:
         lines.append(f"could not delete the topics {run.topic_prefix}*: {exc}")
     try:

@@ -166,7 +166,7 @@ def evaluate(
     tty = sys.stdout.isatty()
     results: list[EpisodeResult] = []
     for i, result in enumerate(
-        _stream(framed.all(suite), without_sources, runbook_path, processes)
+        stream_episodes(framed.all(suite), without_sources, runbook_path, processes)
     ):
         results.append(result)
         if progress and (tty or (i + 1) % 20 == 0 or i + 1 == len(suite)):
@@ -190,7 +190,8 @@ def evaluate(
     outcomes = match_labels([x for r in results for x in r.labels], all_eps, 5e9)
     clean_runs = {}
     for name in ("azure-code", "azure-conv"):
-        ep = framed(clean_episode(f"clean-{name}", load_scenario(name), seed, clean_duration_s))
+        scenario = load_scenario(name)
+        ep = framed(clean_episode(f"clean-{name}", scenario, seed, clean_duration_s))
         res = run_episode((ep, without_sources, runbook_path, 0))
         node_hours = res.node_count * res.sim_s / 3600
         summary = clean_summary(res.verdicts, node_hours, res.labels)
@@ -201,6 +202,8 @@ def evaluate(
             "by_condition": summary["by_condition"],
             "utilization": round(res.utilization["busy"], 4),
             "utilization_parts": {k: round(v, 4) for k, v in res.utilization.items()},
+            "time_compression": scenario.workload.time_compression,
+            "trace_offset_s": scenario.workload.trace_offset_s,
         }
     out["novel"] = _novel(
         novel_episodes, seed, without_sources, runbook_path, runbook, processes, framed
@@ -221,7 +224,7 @@ def evaluate(
             clean_segments,
             seed,
             clean_duration_s,
-            lambda eps: _stream(framed.all(eps), without_sources, runbook_path, processes),
+            lambda eps: stream_episodes(framed.all(eps), without_sources, runbook_path, processes),
         )
     out["confusion"] = confusion(outcomes)
     out["suite"] = {
@@ -267,7 +270,7 @@ def _novel(
         )
         for i in range(count)
     ]
-    results = list(_stream(framed.all(episodes_), dropped, runbook_path, processes))
+    results = list(stream_episodes(framed.all(episodes_), dropped, runbook_path, processes))
     labels = [x for r in results for x in r.labels if x["condition"].startswith("novel:")]
     verdicts = [v for r in results for v in r.verdicts]
     novel = score(labels, verdicts, runbook)["novel"]
@@ -298,9 +301,10 @@ class _Framed:
         return [self(ep) for ep in episodes_]
 
 
-def _stream(
+def stream_episodes(
     suite: list[Any], dropped: frozenset[str], runbook_path: str, processes: int
 ) -> Iterable[EpisodeResult]:
+    """Each episode's result, in order, from ``processes`` worker processes."""
     jobs = [(ep, dropped, runbook_path, i) for i, ep in enumerate(suite)]
     if processes <= 1:
         yield from (run_episode(j) for j in jobs)

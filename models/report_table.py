@@ -42,8 +42,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["\n".join(rows), ""]
     for name, clean in result.get("clean", {}).items():
         lines.append(
-            f"- clean `{name}`: {clean['false_verdicts']} false verdict episodes in "
-            f"{clean['node_hours']:.3f} node-hours ({clean['false_per_node_hour']} per node-hour), "
+            f"- clean `{name}`{_stretch(clean)}: {clean['false_verdicts']} false verdict "
+            f"episodes in {clean['node_hours']:.3f} node-hours "
+            f"({clean['false_per_node_hour']} per node-hour), "
             f"utilization {clean['utilization']:.0%}{_parts(clean)}; "
             f"by condition {clean['by_condition']}"
         )
@@ -79,3 +80,10 @@ def _parts(clean: dict[str, Any]) -> str:
         f" (mean of the largest share per sample; means: batch {parts['batch']:.0%}, "
         f"KV {parts['kv']:.0%}, prefill {parts['prefill']:.0%})"
     )
+
+
+def _stretch(clean: dict[str, Any]) -> str:
+    """Where in its trace the clean run ran, when the run records it."""
+    if clean.get("time_compression") is None:
+        return ""
+    return f" ({clean['time_compression']:g}x from {clean.get('trace_offset_s') or 0:g} s)"

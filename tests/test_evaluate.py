@@ -65,7 +65,17 @@ def test_a_frame_period_for_the_suite_reaches_the_frames_and_keeps_the_fault(
 def test_markdown_table_states_targets() -> None:
     runbook = load_runbook()
     result = score([], [], runbook)
-    result["clean"] = {}
+    result["clean"] = {
+        "azure-conv": {
+            "false_verdicts": 0,
+            "node_hours": 0.133,
+            "false_per_node_hour": 0.0,
+            "by_condition": {},
+            "utilization": 0.85,
+            "time_compression": 1.5,
+            "trace_offset_s": 1770.0,
+        }
+    }
     result["novel"] = {
         "recall": 0.8,
         "recall_ci95": [0.49, 0.94],
@@ -91,3 +101,4 @@ def test_markdown_table_states_targets() -> None:
     assert table.count("\n| ") == len(runbook.conditions)  # data rows after the header
     assert "targets met" in table and "0.80 of 10 episodes" in table
     assert "8 stretches of 120 s" in table and "(0.937 per node-hour)" in table
+    assert "- clean `azure-conv` (1.5x from 1770 s): 0 false verdict episodes" in table

@@ -135,6 +135,41 @@ def test_times_are_iso_8601_or_epoch_ms() -> None:
         parse_time_ms("yesterday")
 
 
+class _QueuedConsumer:
+    """A consumer whose fetch queue holds ``queued`` messages, and ``arriving`` ones once a
+    call blocks; records each call's timeout."""
+
+    def __init__(self, queued: list[str], arriving: list[str]) -> None:
+        self.queued, self.arriving = list(queued), list(arriving)
+        self.calls: list[tuple[str, float]] = []
+
+    def consume(self, count: int, timeout: float) -> list[str]:
+        self.calls.append(("consume", timeout))
+        out, self.queued = self.queued[:count], self.queued[count:]
+        return out
+
+    def poll(self, timeout: float) -> str | None:
+        self.calls.append(("poll", timeout))
+        self.queued += self.arriving
+        self.arriving = []
+        return self.queued.pop(0) if self.queued else None
+
+
+def test_history_reads_what_is_fetched_without_waiting_for_a_full_batch() -> None:
+    # consume(1000, 0.2) would sit out its 0.2 s on the first fetch and the tail of a range
+    reader = HistoryReader.__new__(HistoryReader)
+    fake = _QueuedConsumer(["a", "b", "c"], ["d", "e"])
+    reader._consumer = fake  # type: ignore[assignment]
+    taken: list[object] = list(reader._take(1000, 0.2))
+    assert taken == ["a", "b", "c"] and fake.calls == [("consume", 0)]
+    fake.calls.clear()
+    taken = list(reader._take(1000, 0.2))  # nothing queued: block until one arrives
+    assert taken == ["d", "e"]
+    assert fake.calls == [("consume", 0), ("poll", 0.2), ("consume", 0)]
+    fake.calls.clear()
+    assert reader._take(1000, 0.2) == [] and fake.calls == [("consume", 0), ("poll", 0.2)]
+
+
 def test_detector_table_is_applied_and_unknown_keys_are_named(tmp_path: Path) -> None:
     good = tmp_path / "det.toml"
     good.write_text("[detector]\nwindow_size_ns = 2_000_000_000\nanomaly_model = false\n")

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from skewscope.config import Settings
 from skewscope.kafka.client_config import base_config
@@ -205,7 +205,7 @@ class HistoryReader:
         paused: set[tuple[str, int]],
     ) -> int:
         got = 0
-        for msg in self._consumer.consume(1000, 0.2):
+        for msg in self._take(1000, 0.2):
             error = msg.error()
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:
@@ -234,6 +234,18 @@ class HistoryReader:
                 if tp.offset >= ends[(tp.topic, tp.partition)]:
                     self._finish((tp.topic, tp.partition), done, paused)
         return got
+
+    def _take(self, count: int, timeout_s: float) -> list[Message]:
+        """Up to ``count`` messages, returning as soon as there are any. ``consume(count, t)``
+        waits out its whole timeout unless ``count`` arrive, which the first fetch and the tail
+        of a range never fill: 0.6 s of a 4 s replay went there (three waits of 0.2 s)."""
+        batch: list[Message] = self._consumer.consume(count, 0)
+        if batch:
+            return batch
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(count - 1, 0)]
 
     def _finish(
         self, key: tuple[str, int], done: set[tuple[str, int]], paused: set[tuple[str, int]]

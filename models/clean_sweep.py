@@ -73,7 +73,7 @@ def sweep(
     """One row per (compression, seed): the densest stretch, its utilization and verdicts."""
     from models.clean_segments import clean_episode
     from models.evaluate import stream_episodes
-    from models.scoring import clean_summary
+    from models.scoring import clean_summary, episodes
     from producers.sim import load_scenario
     from producers.sim.arrivals import read_trace, trace_path
 
@@ -111,17 +111,11 @@ def sweep(
                 "utilization": round(res.utilization["busy"], 4),
                 "utilization_parts": {k: round(v, 4) for k, v in res.utilization.items()},
                 "load_labels": len(res.labels),
-                "verdict_episodes": summary["false_episodes"] + _answered(res.verdicts, res.labels),
+                "verdict_episodes": len(episodes(res.verdicts)),
                 "false_verdicts": summary["false_episodes"],
             }
         )
     return rows
-
-
-def _answered(verdicts: list[dict[str, Any]], labels: list[dict[str, Any]]) -> int:
-    from models.scoring import GRACE_NS, episodes, explained_by
-
-    return sum(1 for x in explained_by(episodes(verdicts), labels, GRACE_NS) if x)
 
 
 def _floats(text: str) -> list[float]:

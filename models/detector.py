@@ -402,11 +402,15 @@ class Detector:
                 continue
             stepped = clock
             reference = self.aligner.reference_of(clock)
+            # the step happened after the estimate it was measured against and before it
+            # was found: seconds apart when the sampled collectives paused around it
             near_ns = self.config.clock_step_attribution_ns
+            lo_ns = min(est.last_step_after_ns, est.last_step_at_ns) - near_ns
+            hi_ns = est.last_step_at_ns + near_ns
             if (
                 reference is not None
-                and self.cadence.stepped_near(reference, est.last_step_at_ns, near_ns)
-                and not self.cadence.stepped_near(clock, est.last_step_at_ns, near_ns)
+                and self.cadence.stepped_between(reference, lo_ns, hi_ns)
+                and not self.cadence.stepped_between(clock, lo_ns, hi_ns)
             ):
                 stepped = reference
             node = stepped.split("/", 1)[0]

@@ -58,7 +58,9 @@ MAGIC = b"SKCK"
 # latest end; the request join's admissions keep the KV tokens each needed; the watermark
 # tracks feeds (a source's topics, ports and communicators) instead of sources
 # 12: the clock aligner keeps a window of estimates per clock and when it found each step
-FORMAT_VERSION = 12
+# 13: the clock aligner keeps when each step could have begun (the estimate it was measured
+# against)
+FORMAT_VERSION = 13
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 

@@ -24,6 +24,9 @@ class ClockEstimate:
     samples: int
     last_step_ns: float  # size of the last detected step (0: none)
     last_step_at_ns: int
+    # the time of the estimate that step was measured against: it happened after this (a
+    # step found after a pause in the samples happened anywhere in the pause)
+    last_step_after_ns: int = 0
 
 
 @dataclass
@@ -45,6 +48,7 @@ class ClockAligner:
     _estimates: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
     _deployment_of: dict[str, str] = field(default_factory=dict)  # clock -> its deployment
     _found_ns: dict[str, int] = field(default_factory=dict)  # clock -> last step found at
+    _step_after_ns: dict[str, int] = field(default_factory=dict)  # see ClockEstimate
 
     def reference(self, deployment: str) -> str | None:
         return self._reference.get(deployment)
@@ -89,6 +93,7 @@ class ClockAligner:
         while len(history) > 1 and history[1][0] <= at_ns - self.window_ns:
             history.popleft()
         then_ns, then_estimate = _last_before(history, at_ns - self.step_horizon_ns)
+        base_ns = then_ns  # the time of the estimate the change is measured against
         last_step_at = self._steps.get(clock, (0.0, -(2**62)))[1]
         gap_ns = at_ns - then_ns
         threshold_ns = float(self.step_threshold_ns)
@@ -116,9 +121,19 @@ class ClockAligner:
             # halves a horizon apart, each under the threshold (200 us seen as 99.8 us, then
             # 99.8 us): against the estimate a window ago it is whole. (Not within a window
             # of finding the last step, while the median still moves to it.)
-            change = estimate - history[0][1]
+            base_ns, change = history[0][0], estimate - history[0][1]
         if abs(change) > threshold_ns and at_ns - last_step_at > self.step_horizon_ns:
-            self._steps[clock] = (change, step_at_ns)
+            previous, previous_at = self._steps.get(clock, (0.0, 0))
+            if previous * change > 0 and base_ns < self._found_ns[clock] + self.window_ns:
+                # Measured against an estimate from before the median settled on the step
+                # found last: the rest of that step, not a new one. Sparse samples move the
+                # median by halves, and the second half can come more than a window later
+                # (clock-desync-ref-018 of seed 1: 100 us at 12.3 s, the other 100 us at
+                # 14.5 s, which dated past the clock's own step was blamed on its peer).
+                self._steps[clock] = (previous + change, previous_at)
+            else:
+                self._steps[clock] = (change, step_at_ns)
+                self._step_after_ns[clock] = base_ns
             self._found_ns[clock] = at_ns
             # later estimates are compared with the offset the step led to
             history.clear()
@@ -135,6 +150,7 @@ class ClockAligner:
             samples=len(self._samples.get(clock, ())),
             last_step_ns=step,
             last_step_at_ns=at,
+            last_step_after_ns=self._step_after_ns.get(clock, at),
         )
 
     def clocks(self) -> list[str]:

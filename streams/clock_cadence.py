@@ -11,7 +11,7 @@ one interval is long by d and the next short by d, because the grid did not move
 :class:`ClockCadence` follows each series' grid and records a step when one interval is off
 by at least ``step_threshold_ns`` and the next ``confirm_intervals`` are back on the grid.
 A series whose intervals scatter more than ``max_noise_ns`` (a sampler without a steady
-grid) is never trusted; :meth:`stepped_near` is then False and the caller keeps its default.
+grid) is never trusted; :meth:`stepped_between` is then False and the caller keeps its default.
 """
 
 from __future__ import annotations
@@ -100,10 +100,10 @@ class ClockCadence:
         if abs(residual_ns) >= self.step_threshold_ns:
             s.pending.append((t_ns, residual_ns))
 
-    def stepped_near(self, clock_id: str, at_ns: int, within_ns: int) -> bool:
-        """True when a trusted series of ``clock_id`` stepped within ``within_ns`` of
-        ``at_ns`` (both in that clock's time)."""
-        return any(abs(t - at_ns) <= within_ns for t, _ in self._steps.get(clock_id, ()))
+    def stepped_between(self, clock_id: str, from_ns: int, to_ns: int) -> bool:
+        """True when a trusted series of ``clock_id`` stepped at a time in ``[from_ns,
+        to_ns]`` (that clock's time)."""
+        return any(from_ns <= t <= to_ns for t, _ in self._steps.get(clock_id, ()))
 
     def watched(self, clock_id: str) -> bool:
         """True when at least one series of ``clock_id`` is past warm-up and steady enough

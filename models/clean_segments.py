@@ -85,10 +85,9 @@ def clean_segments(
         by_condition: Counter[str] = Counter()
         harm: Counter[str] = Counter()
         for offset, res in zip(offsets, run(episodes), strict=True):
-            hours = res.node_count * res.sim_s / 3600
-            summary = clean_summary(res.verdicts, hours, res.labels)
+            summary = clean_summary(res.verdicts, res.node_hours, res.labels)
             false_total += summary["false_episodes"]
-            hours_total += hours
+            hours_total += res.node_hours
             by_condition.update(summary["by_condition"])
             harm.update(label["condition"] for label in res.labels)
             rows.append(

@@ -101,7 +101,7 @@ def sweep(
     rows = []
     results = stream_episodes([p[3] for p in plan], frozenset(), "", processes)
     for (compression, offset, seed, _), res in zip(plan, results, strict=True):
-        summary = clean_summary(res.verdicts, res.node_count * res.sim_s / 3600, res.labels)
+        summary = clean_summary(res.verdicts, res.node_hours, res.labels)
         rows.append(
             {
                 "scenario": name,

@@ -74,6 +74,11 @@ class EpisodeResult:
     node_count: int
     utilization: dict[str, float]  # models.utilization: busy, batch, kv, prefill
 
+    @property
+    def node_hours(self) -> float:
+        """The simulated time times the nodes it covered: the clean-traffic budget's unit."""
+        return self.node_count * self.sim_s / 3600
+
 
 def run_episode(args: tuple[Any, frozenset[str], str, int]) -> EpisodeResult:
     """Simulate one episode and detect on it (a top-level function: picklable for a pool)."""
@@ -193,8 +198,7 @@ def evaluate(
         scenario = load_scenario(name)
         ep = framed(clean_episode(f"clean-{name}", scenario, seed, clean_duration_s))
         res = run_episode((ep, without_sources, runbook_path, 0))
-        node_hours = res.node_count * res.sim_s / 3600
-        summary = clean_summary(res.verdicts, node_hours, res.labels)
+        summary = clean_summary(res.verdicts, res.node_hours, res.labels)
         clean_runs[name] = {
             "false_verdicts": summary["false_episodes"],
             "node_hours": summary["node_hours"],

@@ -152,6 +152,7 @@ class AnomalyScorer:
                         ),
                         sources_missing=(),
                         impact="unexplained deviation",
+                        since_ns=at_ns,  # it suppresses nothing: the window it fired in
                     )
                 )
         return out

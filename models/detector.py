@@ -347,7 +347,7 @@ class Detector:
         )
         views = build_views(inputs, self._held_topology())
         self.last_arrivers.annotate(views)
-        findings = self.rules.evaluate(views)
+        findings = self.rules.evaluate(views, end_ns)
         if self.anomaly is not None:
             findings += self.anomaly.score(views, findings, end_ns)
         verdicts = self.fusion.update(findings, end_ns, frozenset(self.rules.held))

@@ -13,6 +13,8 @@
   scope, for the window or two its own evidence dips (kv-cache-pressure under a
   request-length-skew verdict). A finding refined to a ``local`` cause (the late rank's own
   GPU is throttled) is never muted: a congested fabric explains waits, not a GPU's clock.
+  Nor is a ``config`` condition whose evidence run began before the suppressor's: a
+  congested fabric explains stage waits that began with it, not a partition they predate.
 * Maintenance windows and acknowledgements mute verdicts for a time (event time).
 * Versions are monotonic per entity; a refresh is re-emitted every ``refresh_ns`` so readers'
   TTLs stay alive while the condition lasts.
@@ -198,6 +200,10 @@ def _suppressed_by(f: Finding, suppressors: list[Finding]) -> str | None:
         return None
     for s in suppressors:
         if s is f or f.condition.id not in s.condition.suppresses:
+            continue
+        if f.condition.latency_class == "config" and f.since_ns < s.since_ns:
+            # a static condition (a stage partition, a link's trained width) whose evidence
+            # was there before the suppressor's began is not its symptom
             continue
         scope = s.condition.scope
         if (

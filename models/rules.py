@@ -25,6 +25,9 @@ class Finding:
     sources_missing: tuple[str, ...]
     impact: str
     local_cause: bool = False  # refined to a ``local`` cause: no suppression mutes it
+    # end of the first window of the evidence run that fired it (held windows with no gap
+    # that breaks its k of n): a suppressor whose own run began later did not cause it
+    since_ns: int = 0
 
 
 # Lowest severity of a verdict: its severity feature is at (or below) the low end of its
@@ -84,20 +87,25 @@ class RuleEngine:
     runbook: Runbook
     # per (entity, condition): a window's evidence, 0 (not held), HELD or FAST
     _history: dict[tuple[str, str], deque[int]] = field(default_factory=dict)
+    # per (entity, condition) with a history: the end of the first window of its evidence run
+    _since_ns: dict[tuple[str, str], int] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)
 
-    def evaluate(self, views: list[EntityView]) -> list[Finding]:
-        """Findings of this window; entities that could not be judged land in ``held``."""
+    def evaluate(self, views: list[EntityView], window_end_ns: int = 0) -> list[Finding]:
+        """Findings of the window ending at ``window_end_ns``; entities that could not be
+        judged land in ``held``."""
         findings = []
         self.held = set()
         for view in views:
             for cond in self.runbook.for_entity(view.kind):
-                finding = self._evaluate_one(cond, view)
+                finding = self._evaluate_one(cond, view, window_end_ns)
                 if finding is not None:
                     findings.append(finding)
         return findings
 
-    def _evaluate_one(self, cond: Condition, view: EntityView) -> Finding | None:
+    def _evaluate_one(
+        self, cond: Condition, view: EntityView, window_end_ns: int
+    ) -> Finding | None:
         if cond.min_data is not None and not cond.min_data.holds(view.features):
             # Too little data to judge: neither evidence for nor against (no flapping on
             # an idle gap), and the persistence history stays as it was.
@@ -117,9 +125,15 @@ class RuleEngine:
         if not holds:
             history.append(0)
         else:
+            # a run begins here: the first window held after a gap long enough that its k of
+            # n could not hold across it (a stray window long before a run is not its start)
+            gap = cond.persistence_n - cond.persistence_k + 1
+            if not any(islice(reversed(history), gap)):
+                self._since_ns[key] = window_end_ns
             history.append(FAST if fast is not None and fast.holds(view.features) else HELD)
         if not any(history):
             del self._history[key]
+            self._since_ns.pop(key, None)
             return None
         if not holds:
             return None
@@ -160,6 +174,7 @@ class RuleEngine:
             sources_missing=missing,
             impact=_impact(_template(cond.impact), view.features),
             local_cause=cause is not None and cause.local,
+            since_ns=self._since_ns.get(key, window_end_ns),
         )
 
     def active(self) -> int:

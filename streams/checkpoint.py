@@ -60,7 +60,9 @@ MAGIC = b"SKCK"
 # 12: the clock aligner keeps a window of estimates per clock and when it found each step
 # 13: the clock aligner keeps when each step could have begun (the estimate it was measured
 # against)
-FORMAT_VERSION = 13
+# 14: the rules keep when each evidence history began (a static condition whose evidence
+# predates a suppressor's is not muted by it)
+FORMAT_VERSION = 14
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
 
@@ -156,6 +158,7 @@ def _detector_state(det: Detector) -> dict[str, Any]:
         "aligner": det.aligner,
         "cadence": det.cadence,
         "rules_history": det.rules._history,
+        "rules_since_ns": det.rules._since_ns,
         "fusion": det.fusion,
         "last_arrivers": det.last_arrivers,
         "anomaly": det.anomaly.checkpoint() if det.anomaly is not None else None,
@@ -205,6 +208,7 @@ def _restore_detector(
         det.config.ahead_hold_ns,
     )
     det.rules._history = state["rules_history"]
+    det.rules._since_ns = state["rules_since_ns"]
     det.fusion = state["fusion"]
     det.last_arrivers = state["last_arrivers"]
     if state["anomaly"] is not None and det.anomaly is not None:

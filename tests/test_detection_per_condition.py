@@ -101,6 +101,19 @@ def test_a_clock_step_seen_late_by_sparse_collectives_is_named_on_its_node(
     assert named == ["node02"]
 
 
+def test_a_stage_imbalance_from_the_start_is_not_muted_by_a_later_congested_fabric() -> None:
+    """Seed-1 suite episode: a stage partition from the start and a fabric congested from
+    3.9 s. The fabric's verdict muted the stage imbalance as a symptom it explains, and the
+    label was missed (docs/detection.md, "Another seed")."""
+    suite = make_suite(episodes_per_condition=30, seed=1, duration_s=20.0)
+    episode = next(e for e in suite if e.episode_id == "pp-stage-imbalance-ref-005")
+    assert {f.kind for f in episode.faults} == {"stage-partition", "fabric-load"}
+    _, firing = _firing(episode.scenario, episode.seed, episode.duration_s)
+    named = {(v["condition"], v["entity"]) for v in firing}
+    assert ("fabric-congestion", "fabric:roce0") in named
+    assert ("pp-stage-imbalance", "llama70b-b") in named
+
+
 def test_a_burst_prefilled_at_full_budget_is_not_early_stop_skew() -> None:
     """After a 200-request microburst the engine is underfilled with a long queue while it
     prefills its whole token budget every step: not an engine that stopped backfilling.

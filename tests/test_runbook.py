@@ -167,6 +167,41 @@ def test_a_congested_fabric_mutes_waits_but_not_a_throttled_gpu(
         assert straggler[0]["root_cause"].startswith("throttled or degraded GPU")
 
 
+@pytest.mark.parametrize(
+    ("stray_window", "stage_from_window", "muted"),
+    [(None, 0, False), (None, 12, True), (3, 16, True)],
+)
+def test_a_congested_fabric_mutes_a_stage_imbalance_it_does_not_predate(
+    stray_window: int | None, stage_from_window: int, muted: bool
+) -> None:
+    """fabric-congestion (congested from window 12) lists pp-stage-imbalance among the
+    symptoms it explains, but a stage imbalance whose evidence held before the fabric's began
+    (a static partition, there from the start) is not its symptom. One whose evidence began
+    with it or after is muted, also when a stray window of it held long before (the run that
+    fired starts after a gap its 28 of 32 could not hold across)."""
+    from models.fusion import Fusion
+    from models.rules import RuleEngine
+    from streams.views import EntityView
+
+    engine = RuleEngine(load_runbook())
+    fusion = Fusion()
+    emitted = []
+    hop = 250_000_000
+    for w in range(60):  # pp-stage-imbalance persists 28 of 32 windows
+        replica = EntityView("llama70b-a", "replica", "llama70b-a")
+        replica.sources_present.add("nccl")
+        stage_skewed = w >= stage_from_window or w == stray_window
+        replica.features["pp.stage_wait_ratio"] = 1.6 if stage_skewed else 1.0
+        fabric = EntityView("fabric:roce0", "fabric", "")
+        fabric.sources_present.add("nic")
+        fabric.features["fabric.congested_port_share"] = 0.8 if w >= 12 else 0.0
+        findings = engine.evaluate([replica, fabric], (w + 1) * hop)
+        emitted += fusion.update(findings, (w + 1) * hop)
+    firing = {r["condition"] for r in emitted if r["state"] == "firing"}
+    assert "fabric-congestion" in firing
+    assert ("pp-stage-imbalance" not in firing) is muted
+
+
 def test_a_firing_verdict_keeps_suppressing_through_its_hysteresis() -> None:
     """request-length-skew suppresses kv-cache-pressure on its replica; a window where only
     kv-cache-pressure's evidence holds must not flip the replica's verdict to it while the

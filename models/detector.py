@@ -134,7 +134,7 @@ class Detector:
             self.config.ahead_hold_ns,
         )
         self.rules = RuleEngine(self.runbook)
-        self.fusion = Fusion()
+        self.fusion = Fusion(window_ns=self.config.window.size_ns, hop_ns=self.config.window.hop_ns)
         self.last_arrivers = LastArriverBaseline(hop_ns=self.config.window.hop_ns)
         self.anomaly = AnomalyScorer() if self.config.anomaly_model else None
         self.stats = DetectorStats()

@@ -13,8 +13,9 @@
   scope, for the window or two its own evidence dips (kv-cache-pressure under a
   request-length-skew verdict). A finding refined to a ``local`` cause (the late rank's own
   GPU is throttled) is never muted: a congested fabric explains waits, not a GPU's clock.
-  Nor is a ``config`` condition whose evidence run began before the suppressor's: a
-  congested fabric explains stage waits that began with it, not a partition they predate.
+  Nor is a ``config`` condition whose evidence run began well before the suppressor's
+  (:meth:`Fusion.predates_ns`): a congested fabric explains stage waits that began with
+  it, not a partition they predate.
 * Maintenance windows and acknowledgements mute verdicts for a time (event time).
 * Versions are monotonic per entity; a refresh is re-emitted every ``refresh_ns`` so readers'
   TTLs stay alive while the condition lasts.
@@ -54,6 +55,18 @@ class Fusion:
     _versions: dict[str, int] = field(default_factory=dict)
     mutes: list[Mute] = field(default_factory=list)
     suppressed_count: int = 0
+    # the detector's windows: how far ahead of a suppressor a static condition's evidence
+    # must have begun to be no symptom of it (:meth:`predates_ns`)
+    window_ns: int = 1_000_000_000
+    hop_ns: int = 250_000_000
+
+    def predates_ns(self, f: Finding) -> int:
+        """How far ahead of a suppressor's evidence run ``f``'s must have begun to be no
+        symptom of it: one window (a cause shows first in the window that holds its onset,
+        and the suppressor's run may begin a window later) plus the misses ``f``'s k of n
+        lets into the run (stray windows just before it count as its start)."""
+        c = f.condition
+        return self.window_ns + (c.persistence_n - c.persistence_k) * self.hop_ns
 
     def mute(self, mute: Mute) -> None:
         """A suppression window (deploy, model loading, maintenance) or an acknowledgement."""
@@ -91,12 +104,17 @@ class Fusion:
         muted_by: dict[str, str] = {}
         for f in findings:
             entity = reported_entity(f)
-            by = _suppressed_by(f, suppressors)
-            if by is None and entity in lingering and _suppressed_by(f, [lingering[entity]]):
+            lead_ns = self.predates_ns(f)
+            by = _suppressed_by(f, suppressors, lead_ns)
+            if (
+                by is None
+                and entity in lingering
+                and _suppressed_by(f, [lingering[entity]], lead_ns)
+            ):
                 # the entity's own firing verdict explains it: that verdict stays, this waits
                 self.suppressed_count += 1
                 continue
-            by = by or _suppressed_by(f, [s for e, s in lingering.items() if e != entity])
+            by = by or _suppressed_by(f, [s for e, s in lingering.items() if e != entity], lead_ns)
             mute = self._muted(entity, f.condition.id, window_end_ns)
             if by is not None or mute is not None:
                 self.suppressed_count += 1
@@ -195,13 +213,15 @@ def reported_entity(f: Finding) -> str:
     return f.view.aliases.get(f.condition.report_as, f.view.entity)
 
 
-def _suppressed_by(f: Finding, suppressors: list[Finding]) -> str | None:
+def _suppressed_by(f: Finding, suppressors: list[Finding], lead_ns: int) -> str | None:
+    """The suppressor that explains ``f``, if any. ``lead_ns``: how far ahead of a
+    suppressor's evidence run a static condition's must have begun to be no symptom of it."""
     if f.local_cause:
         return None
     for s in suppressors:
         if s is f or f.condition.id not in s.condition.suppresses:
             continue
-        if f.condition.latency_class == "config" and f.since_ns < s.since_ns:
+        if f.condition.latency_class == "config" and f.since_ns + lead_ns <= s.since_ns:
             # a static condition (a stage partition, a link's trained width) whose evidence
             # was there before the suppressor's began is not its symptom
             continue

@@ -25,8 +25,9 @@ class Finding:
     sources_missing: tuple[str, ...]
     impact: str
     local_cause: bool = False  # refined to a ``local`` cause: no suppression mutes it
-    # end of the first window of the evidence run that fired it (held windows with no gap
-    # that breaks its k of n): a suppressor whose own run began later did not cause it
+    # end of the earliest held window of the k of n that first fired it in this run (the
+    # entity's evidence history, kept while any of its windows held): a suppressor whose own
+    # run began later did not cause it
     since_ns: int = 0
 
 
@@ -87,7 +88,9 @@ class RuleEngine:
     runbook: Runbook
     # per (entity, condition): a window's evidence, 0 (not held), HELD or FAST
     _history: dict[tuple[str, str], deque[int]] = field(default_factory=dict)
-    # per (entity, condition) with a history: the end of the first window of its evidence run
+    # per (entity, condition): the end of each window in its history (the same length), and
+    # once its k of n first held, the end of the earliest held window of those n
+    _ends_ns: dict[tuple[str, str], deque[int]] = field(default_factory=dict)
     _since_ns: dict[tuple[str, str], int] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)
 
@@ -121,18 +124,16 @@ class RuleEngine:
                 return None  # nothing to remember: keeps state bounded to active suspects
             history = deque(maxlen=cond.history_windows)
             self._history[key] = history
+            self._ends_ns[key] = deque(maxlen=cond.history_windows)
         fast = cond.persistence_fast
         if not holds:
             history.append(0)
         else:
-            # a run begins here: the first window held after a gap long enough that its k of
-            # n could not hold across it (a stray window long before a run is not its start)
-            gap = cond.persistence_n - cond.persistence_k + 1
-            if not any(islice(reversed(history), gap)):
-                self._since_ns[key] = window_end_ns
             history.append(FAST if fast is not None and fast.holds(view.features) else HELD)
+        ends = self._ends_ns[key]
+        ends.append(window_end_ns)
         if not any(history):
-            del self._history[key]
+            del self._history[key], self._ends_ns[key]
             self._since_ns.pop(key, None)
             return None
         if not holds:
@@ -147,6 +148,15 @@ class RuleEngine:
             )
             if not by_fast:
                 return None
+        if key not in self._since_ns:
+            # the run dates from the earliest held window of the n that first met k of n: a
+            # stray window before them, or a sparse chain of them, is not its start
+            span = n if not by_fast or fast is None else fast.n
+            self._since_ns[key] = min(
+                end
+                for h, end in zip(islice(reversed(history), span), reversed(ends), strict=False)
+                if h
+            )
         missing = tuple(s for s in cond.optional_sources if s not in view.sources_present)
         confidence = self.runbook.missing_source_penalty ** len(missing)
         cause: Cause | None = next(
@@ -174,7 +184,7 @@ class RuleEngine:
             sources_missing=missing,
             impact=_impact(_template(cond.impact), view.features),
             local_cause=cause is not None and cause.local,
-            since_ns=self._since_ns.get(key, window_end_ns),
+            since_ns=self._since_ns[key],
         )
 
     def active(self) -> int:

@@ -60,8 +60,8 @@ MAGIC = b"SKCK"
 # 12: the clock aligner keeps a window of estimates per clock and when it found each step
 # 13: the clock aligner keeps when each step could have begun (the estimate it was measured
 # against)
-# 14: the rules keep when each evidence history began (a static condition whose evidence
-# predates a suppressor's is not muted by it)
+# 14: the rules keep each evidence history's window ends and when its run began (a static
+# condition whose evidence predates a suppressor's is not muted by it)
 FORMAT_VERSION = 14
 _PREFIX = struct.Struct("<4sHI")
 _CRC = struct.Struct("<I")
@@ -158,6 +158,7 @@ def _detector_state(det: Detector) -> dict[str, Any]:
         "aligner": det.aligner,
         "cadence": det.cadence,
         "rules_history": det.rules._history,
+        "rules_ends_ns": det.rules._ends_ns,
         "rules_since_ns": det.rules._since_ns,
         "fusion": det.fusion,
         "last_arrivers": det.last_arrivers,
@@ -208,6 +209,7 @@ def _restore_detector(
         det.config.ahead_hold_ns,
     )
     det.rules._history = state["rules_history"]
+    det.rules._ends_ns = state["rules_ends_ns"]
     det.rules._since_ns = state["rules_since_ns"]
     det.fusion = state["fusion"]
     det.last_arrivers = state["last_arrivers"]

@@ -151,7 +151,7 @@ class RuleEngine:
         if key not in self._since_ns:
             # the run dates from the earliest held window of the n that first met k of n: a
             # stray window before them, or a sparse chain of them, is not its start
-            span = n if not by_fast or fast is None else fast.n
+            span = fast.n if by_fast and fast is not None else n
             self._since_ns[key] = min(
                 end
                 for h, end in zip(islice(reversed(history), span), reversed(ends), strict=False)

@@ -6,10 +6,14 @@ Every key and the notification channel start with a configurable prefix (default
 key                                     type    content
 ======================================  ======  ===============================================
 ``<p>verdict:<entity>``                 string  current verdict of the entity, JSON; PEXPIRE
-                                                ttl_ns (wall clock, from the write)
+                                                ttl_ns (wall clock, from the write), and
+                                                gone once its deployment's event time passes
+                                                last_seen_ns + ttl_ns
 ``<p>versions``                         hash    entity -> newest version applied (no expiry)
 ``<p>entity_deployment``                hash    entity -> deployment (resync, expiry sweep)
 ``<p>expiry``                           zset    entity -> wall-clock expiry, ms since epoch
+``<p>event_expiry:<dep>``               zset    entity -> event-time expiry, ms since epoch
+                                                (last_seen_ns + ttl_ns)
 ``<p>deployments``                      set     deployments seen
 ``<p>deployment:<dep>``                 hash    freshness and health: last_event_ns,
                                                 updated_wall_ms, pipeline_lag_ms,
@@ -66,6 +70,9 @@ class RedisLayout:
 
     def avoid(self, deployment: str) -> str:
         return f"{self.prefix}avoid:{deployment}"
+
+    def event_expiry(self, deployment: str) -> str:
+        return f"{self.prefix}event_expiry:{deployment}"
 
     @property
     def versions(self) -> str:
@@ -131,6 +138,7 @@ class RedisLayout:
             self.history,
             self.rebuilding,
             self.sink_offsets,
+            self.event_expiry(deployment),
         ]
 
 

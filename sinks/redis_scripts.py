@@ -2,7 +2,8 @@
 
 KEYS of ``WRITE`` and ``EXPIRE`` follow :meth:`sinks.redis_layout.RedisLayout.change_keys`:
 1 verdict, 2 versions, 3 entity_deployment, 4 expiry, 5 deployments, 6 deployment hash,
-7 ranked, 8 avoid, 9 worst, 10 capacity, 11 history, 12 rebuilding, 13 sink offsets.
+7 ranked, 8 avoid, 9 worst, 10 capacity, 11 history, 12 rebuilding, 13 sink offsets,
+14 event expiry.
 
 Versions and event times are int64 nanoseconds, beyond the 2^53 a Lua number holds exactly,
 so the scripts compare them as decimal strings (``newer``): callers pass canonical,
@@ -42,9 +43,11 @@ end
 # 7 avoidable (1|0), 8 ttl_ms, 9 verdict json, 10 last_seen_ns, 11 kafka timestamp ms (0: none),
 # 12 avoid share, 13 history maxlen, 14 channel, 15 freshness bound ns, 16 condition,
 # 17-19 the key names of a deployment's ranking, avoid-list and hash less the deployment,
-# 20 "<topic>:<partition>" of the record ('' when it came from no log), 21 its offset,
-# 22 the offset after the newest record the sink knows Redis applied from that partition
-# ('' unknown).
+# 20 the record's event-time expiry in ms (last_seen + ttl), 21 the key name of a
+# deployment's event expiry less the deployment, 22 the key name of a verdict less the
+# entity, 23 "<topic>:<partition>" of the record ('' when it came from no log), 24 its
+# offset, 25 the offset after the newest record the sink knows Redis applied from that
+# partition ('' unknown).
 # Returns {1, version} when applied, {0, current version} when ignored (older or equal),
 # {2, Redis's offset after the newest applied record of the partition, -1 none} when Redis
 # holds less of the partition than the sink wrote (restored from persistence, or a replica
@@ -56,14 +59,14 @@ WRITE = (
     _COMMON
     + r"""
 local entity, deployment, version, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if ARGV[20] ~= '' then
-  local applied_to = redis.call('HGET', KEYS[13], ARGV[20])
-  if ARGV[22] ~= '' and ((not applied_to) or tonumber(applied_to) < tonumber(ARGV[22])) then
+if ARGV[23] ~= '' then
+  local applied_to = redis.call('HGET', KEYS[13], ARGV[23])
+  if ARGV[25] ~= '' and ((not applied_to) or tonumber(applied_to) < tonumber(ARGV[25])) then
     return {2, applied_to or '-1'}
   end
-  local next_offset = tonumber(ARGV[21]) + 1
+  local next_offset = tonumber(ARGV[24]) + 1
   if (not applied_to) or next_offset > tonumber(applied_to) then
-    redis.call('HSET', KEYS[13], ARGV[20], string.format('%d', next_offset))
+    redis.call('HSET', KEYS[13], ARGV[23], string.format('%d', next_offset))
   end
 end
 local current = redis.call('HGET', KEYS[2], entity)
@@ -76,6 +79,29 @@ redis.call('SADD', KEYS[5], deployment)
 local last = redis.call('HGET', KEYS[6], 'last_event_ns')
 if (not last) or newer(ARGV[10], last) then
   redis.call('HSET', KEYS[6], 'last_event_ns', ARGV[10])
+  last = ARGV[10]
+end
+-- The deployment's event time (the newest it reported, in ms) ends the verdicts whose
+-- last_seen + ttl it passed: a sink catching up after a stop does not keep them for a
+-- TTL from the write. At most 100 a change; the next change takes the rest.
+local horizon = math.floor(tonumber(last) / 1000000)
+local gone = {}
+for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[14], '-inf', horizon, 'LIMIT', 0, 100)) do
+  if e ~= entity then
+    redis.call('DEL', ARGV[22] .. e)
+    redis.call('ZREM', KEYS[4], e)
+    redis.call('ZREM', KEYS[7], e)
+    redis.call('ZREM', KEYS[9], e)
+    redis.call('ZREM', KEYS[14], e)
+    gone[#gone + 1] = e
+  end
+end
+if #gone > 0 then
+  local left = rebuild_avoid(KEYS[7], KEYS[8], KEYS[10], KEYS[6], deployment, tonumber(ARGV[12]))
+  for _, e in ipairs(gone) do
+    announce(ARGV[14], KEYS[6], {kind = 'expired', entity = e, deployment = deployment,
+                                 version = redis.call('HGET', KEYS[2], e) or '', avoid = left})
+  end
 end
 redis.call('HSET', KEYS[6], 'updated_wall_ms', ms(now))
 local kafka_ts = tonumber(ARGV[11])
@@ -88,12 +114,15 @@ if kind == 'heartbeat' then
   message['avoid'] = redis.call('ZRANGE', KEYS[8], 0, -1, 'REV', 'WITHSCORES')
 else
   local ttl = tonumber(ARGV[8])
-  -- While a sink refills an empty Redis from the topic, a verdict lives until its own
-  -- event-time expiry (last_seen + ttl), not a TTL from now: one the detector stopped
-  -- refreshing long ago must not come back as current. One already past it is stored for
-  -- 1 ms (its version still counts) and kept off the rankings.
-  local stale = false
-  if redis.call('EXISTS', KEYS[12]) == 1 then
+  -- A verdict already past its event-time expiry (last_seen + ttl) by its deployment's
+  -- newest event time is stored for 1 ms (its version still counts) and kept off the
+  -- rankings. While a sink refills an empty Redis from the topic, the expiry is also read
+  -- against Redis's clock, not as a TTL from now: one the detector stopped refreshing long
+  -- ago must not come back as current.
+  local stale = tonumber(ARGV[20]) <= horizon
+  if stale then
+    ttl = 1
+  elseif redis.call('EXISTS', KEYS[12]) == 1 then
     local left = math.floor(tonumber(ARGV[10]) / 1000000) + ttl - now
     if left <= 0 then
       ttl, stale = 1, true
@@ -106,6 +135,7 @@ else
   if moved_from and moved_from ~= deployment then
     local old_ranked = ARGV[17] .. moved_from
     local old_hash = ARGV[19] .. moved_from
+    redis.call('ZREM', ARGV[21] .. moved_from, entity)
     if redis.call('ZREM', old_ranked, entity) == 1 then
       local old_avoid = rebuild_avoid(old_ranked, ARGV[18] .. moved_from, KEYS[10], old_hash,
                                       moved_from, tonumber(ARGV[12]))
@@ -115,6 +145,11 @@ else
   end
   redis.call('SET', KEYS[1], ARGV[9], 'PX', ttl)
   redis.call('ZADD', KEYS[4], ms(now + ttl), entity)
+  if stale then
+    redis.call('ZREM', KEYS[14], entity)
+  else
+    redis.call('ZADD', KEYS[14], ARGV[20], entity)
+  end
   if ARGV[7] == '1' and not stale then
     redis.call('ZADD', KEYS[7], ARGV[6], entity)
     redis.call('ZADD', KEYS[9], ARGV[6], entity)
@@ -149,6 +184,7 @@ end
 redis.call('ZREM', KEYS[4], entity)
 redis.call('ZREM', KEYS[7], entity)
 redis.call('ZREM', KEYS[9], entity)
+redis.call('ZREM', KEYS[14], entity)
 local avoid = rebuild_avoid(KEYS[7], KEYS[8], KEYS[10], KEYS[6], deployment, tonumber(ARGV[3]))
 local version = redis.call('HGET', KEYS[2], entity) or ''
 announce(ARGV[4], KEYS[6], {kind = 'expired', entity = entity, deployment = deployment,

@@ -88,7 +88,7 @@ GAP = 2  # the write script's answer when Redis holds less of a partition than e
 
 
 def _position_args(position: LogPosition | None) -> list[Any]:
-    """ARGV 20-22 of the write script."""
+    """ARGV 23-25 of the write script."""
     if position is None:
         return ["", "", ""]
     expected = "" if position.expected_next is None else str(position.expected_next)
@@ -241,4 +241,8 @@ class RedisWriter:
             self.layout.ranked(""),
             self.layout.avoid(""),
             self.layout.deployment(""),
+            # the event-time expiry, exact in ms (a Lua number cannot hold int64 ns)
+            str(last_seen // NS_PER_MS + ttl_ms(ttl)),
+            self.layout.event_expiry(""),
+            self.layout.verdict(""),
         ]

@@ -185,6 +185,26 @@ def test_expired_verdict_leaves_the_cache(writer: RedisWriter, client: Scheduler
     assert client.health("dep0/rank1").health is Health.HEALTHY
 
 
+def test_a_verdict_past_its_event_time_expiry_leaves_the_cache_and_the_avoid_list(
+    writer: RedisWriter, client: SchedulerClient
+) -> None:
+    """A sink catching up writes a verdict last seen 40 s ago (TTL 30 s), then the
+    deployment's heartbeat of now: the scheduler must not keep avoiding the entity for
+    another 30 s of wall time."""
+    writer.set_capacity("dep0", 4)
+    now_ns = time.time_ns()
+    seen = now_ns - 40 * NS_PER_S
+    writer.write(
+        verdict("dep0/rank1", 1, first_seen_ns=seen, last_seen_ns=seen, ttl_ns=30 * NS_PER_S)
+    )
+    wait_until(lambda: client.verdict("dep0/rank1") is not None, what="verdict cached")
+    assert client.avoid_list("dep0") == [("dep0/rank1", 0.45)]
+    writer.write(heartbeat_record("dep0", now_ns, 1, 10 * NS_PER_S))
+    wait_until(lambda: client.verdict("dep0/rank1") is None, what="event-time expiry")
+    assert client.health("dep0/rank1").health is Health.HEALTHY
+    assert not client.should_avoid("dep0/rank1") and client.avoid_list("dep0") == []
+
+
 @pytest.mark.parametrize(("policy", "avoid"), [(FailPolicy.OPEN, False), (FailPolicy.CLOSED, True)])
 def test_fail_policy_decides_whether_unknown_is_avoided(
     url: str, sink_config: SinkConfig, policy: FailPolicy, avoid: bool

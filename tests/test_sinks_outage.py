@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,11 +24,11 @@ from sinks.connection import connect
 from sinks.metrics import SinkMetrics
 from sinks.redis_layout import RedisLayout, as_text
 from sinks.redis_sink import RedisSink
-from sinks.verdict_topic import VERDICT_TOPIC_CONFIG, VerdictPublisher
+from sinks.verdict_topic import VERDICT_TOPIC_CONFIG, VerdictPublisher, heartbeat_record
 from skewscope.config import Settings
 from skewscope.kafka.consumer import DecodingConsumer, Event
 from skewscope.kafka.producer import EventProducer
-from tests.test_sinks_support import PrivateRedis, private_redis, verdict, wait_until
+from tests.test_sinks_support import NS_PER_S, PrivateRedis, private_redis, verdict, wait_until
 
 
 @pytest.fixture
@@ -181,6 +182,49 @@ def test_restarted_sink_resumes_from_committed_offsets(
         second.close()
     assert first.sink.written == 40
     assert second.sink.written == 20  # only what the first sink had not committed
+
+
+def test_a_sink_that_catches_up_ends_the_verdicts_its_deployment_outlived(
+    settings: Settings, topic: str, server: PrivateRedis
+) -> None:
+    """While the sink was stopped the detector stopped refreshing rank1 (TTL 30 s) and went
+    on 40 s of event time: caught up, Redis must not hold rank1 for what is left of a TTL
+    counted from the write, and must hold what is current (rank2). (Event time runs ahead
+    of the wall clock here so that the first sink, which starts a rebuild of the empty
+    Redis and reads expiry against Redis's clock then, keeps rank1.)"""
+    test_settings = dataclasses.replace(settings, redis_url=server.url)
+    config = sink_config()
+    layout = RedisLayout(config.key_prefix)
+    start_ns = time.time_ns() - 5 * NS_PER_S
+    ttl_ns = 30 * NS_PER_S
+    publisher = VerdictPublisher(test_settings, topic=topic)
+    publisher.publish(
+        verdict("dep0/rank1", 1, first_seen_ns=start_ns, last_seen_ns=start_ns, ttl_ns=ttl_ns)
+    )
+    publisher.flush()
+    first = SinkThread(test_settings, config, topic)
+    wait_until(lambda: "dep0/rank1" in stored_versions(server.url, config), 60, "first sink")
+    first.close()
+    later_ns = start_ns + 40 * NS_PER_S
+    rank2 = verdict("dep0/rank2", 1, first_seen_ns=later_ns, last_seen_ns=later_ns, ttl_ns=ttl_ns)
+    publisher.publish(rank2)
+    for i, at_ns in enumerate(range(start_ns + NS_PER_S, later_ns + 1, 10 * NS_PER_S)):
+        publisher.publish(heartbeat_record("dep0", at_ns, i + 1, 10 * NS_PER_S))
+    publisher.flush()
+    second = SinkThread(test_settings, config, topic)
+    conn = redis.Redis.from_url(server.url)
+    try:
+        wait_until(
+            lambda: conn.hget(layout.deployment("dep0"), "last_event_ns") == str(later_ns).encode(),
+            60,
+            "the last heartbeat applied",
+        )
+        wait_until(lambda: "dep0/rank2" in stored_versions(server.url, config), 60, "rank2")
+    finally:
+        second.close()
+    assert stored_versions(server.url, config) == {"dep0/rank2": 1}
+    assert conn.zrange(layout.ranked("dep0"), 0, -1) == [b"dep0/rank2"]
+    conn.close()
 
 
 def test_a_failover_that_leaves_redis_read_only_is_waited_out(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -129,7 +130,8 @@ def test_a_rebuild_keeps_a_verdict_only_until_its_event_time_expiry(
     """Refilling an empty Redis from the topic, a firing verdict the detector stopped
     refreshing two minutes ago (60 s TTL) must not come back as current for another 60 s:
     it is kept off the rankings and gone at once; one seen 50 s ago lives its last 10 s. Its
-    version still counts. Outside a rebuild the TTL counts from the write, as documented."""
+    version still counts. Outside a rebuild the TTL counts from the write where nothing says
+    the verdict's event time is over (its deployment reported nothing later)."""
     writer.set_capacity("dep0", 10)
     layout = writer.layout
     now_ns = time.time_ns()
@@ -146,8 +148,96 @@ def test_a_rebuild_keeps_a_verdict_only_until_its_event_time_expiry(
     assert not writer.write(verdict("dep0/rank1", 1)).applied  # its version counted
     client.delete(layout.rebuilding)
     seen_ns = now_ns - 120 * NS_PER_S
-    assert writer.write(verdict("dep0/rank3", 1, first_seen_ns=seen_ns, last_seen_ns=seen_ns))
-    assert client.pttl(layout.verdict("dep0/rank3")) > 59_000
+    old = verdict("dep1/rank3", 1, deployment="dep1", first_seen_ns=seen_ns, last_seen_ns=seen_ns)
+    assert writer.write(old).applied
+    assert client.pttl(layout.verdict("dep1/rank3")) > 59_000
+
+
+def _expired_messages(pubsub: redis.client.PubSub) -> list[dict[str, Any]]:
+    out = []
+    while (msg := pubsub.get_message(timeout=0.2)) is not None:
+        body = json.loads(msg["data"])
+        if body["kind"] == "expired":
+            out.append(body)
+    return out
+
+
+def test_a_verdict_ends_when_its_deployment_event_time_passes_last_seen_plus_ttl(
+    writer: RedisWriter, client: redis.Redis
+) -> None:
+    """A sink that catches up after a stop applies, in event-time order, a verdict the
+    detector stopped refreshing and the deployment's later heartbeats: the verdict must end
+    when the heartbeats pass its last_seen + ttl, not live a TTL from the write (all of it
+    written within a second of wall time here)."""
+    writer.set_capacity("dep0", 10)
+    layout = writer.layout
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(layout.channel)
+    wait_until(lambda: pubsub.get_message(timeout=0.01) is None and pubsub.subscribed)
+    t0 = 1_790_000_000 * NS_PER_S  # event time far from the wall clock: no clock is read
+    ttl = 30 * NS_PER_S
+    writer.write(verdict("dep0/rank1", 1, first_seen_ns=t0, last_seen_ns=t0, ttl_ns=ttl))
+    seen2 = t0 + 25 * NS_PER_S
+    writer.write(verdict("dep0/rank2", 1, first_seen_ns=seen2, last_seen_ns=seen2, ttl_ns=ttl))
+    writer.write(heartbeat_record("dep0", t0 + 29 * NS_PER_S, 1, 10 * NS_PER_S))
+    assert client.zrange(layout.avoid("dep0"), 0, -1) == [b"dep0/rank1", b"dep0/rank2"]
+    assert _expired_messages(pubsub) == []
+
+    writer.write(heartbeat_record("dep0", t0 + 30 * NS_PER_S, 2, 10 * NS_PER_S))
+    assert not client.exists(layout.verdict("dep0/rank1"))
+    assert client.exists(layout.verdict("dep0/rank2"))
+    for key in (layout.ranked("dep0"), layout.avoid("dep0"), layout.worst):
+        assert client.zrange(key, 0, -1) == [b"dep0/rank2"]
+    assert client.zrange(layout.event_expiry("dep0"), 0, -1) == [b"dep0/rank2"]
+    assert client.zscore(layout.expiry, "dep0/rank1") is None
+    (gone,) = _expired_messages(pubsub)
+    assert (gone["entity"], gone["version"], gone["deployment"]) == ("dep0/rank1", "1", "dep0")
+    assert gone["avoid"][0] == "dep0/rank2" and float(gone["avoid"][1]) == pytest.approx(0.45)
+
+    writer.write(heartbeat_record("dep0", t0 + 56 * NS_PER_S, 3, 10 * NS_PER_S))
+    assert not client.exists(layout.verdict("dep0/rank2"))
+    assert client.zcard(layout.ranked("dep0")) == 0 and client.zcard(layout.worst) == 0
+    assert [m["entity"] for m in _expired_messages(pubsub)] == ["dep0/rank2"]
+    assert not writer.write(verdict("dep0/rank1", 1)).applied  # its version still counts
+    assert writer.sweep_expired() == 0  # nothing left for the wall-clock sweep
+    pubsub.close()
+
+
+def test_a_verdict_read_after_later_events_of_its_deployment_is_stored_as_expired(
+    writer: RedisWriter, client: redis.Redis
+) -> None:
+    """Catching up, the sink may read a deployment's heartbeat (one partition) before an
+    older verdict of it (another partition): the verdict, already past last_seen + ttl by
+    then, is kept 1 ms and off the rankings; a newer one of the same read is current."""
+    writer.set_capacity("dep0", 10)
+    layout = writer.layout
+    t0 = 1_790_000_000 * NS_PER_S
+    writer.write(heartbeat_record("dep0", t0 + 120 * NS_PER_S, 1, 10 * NS_PER_S))
+    ttl = 30 * NS_PER_S
+    assert writer.write(verdict("dep0/rank1", 1, first_seen_ns=t0, last_seen_ns=t0)).applied
+    seen = t0 + 100 * NS_PER_S
+    fresh = verdict("dep0/rank2", 1, first_seen_ns=seen, last_seen_ns=seen, ttl_ns=ttl)
+    assert writer.write(fresh).applied
+    wait_until(lambda: not client.exists(layout.verdict("dep0/rank1")), 2, "the stale one gone")
+    assert client.zrange(layout.ranked("dep0"), 0, -1) == [b"dep0/rank2"]
+    assert client.zrange(layout.event_expiry("dep0"), 0, -1) == [b"dep0/rank2"]
+    assert not writer.write(verdict("dep0/rank1", 1)).applied
+
+
+def test_an_entity_that_moved_deployment_is_not_expired_by_its_old_deployment(
+    writer: RedisWriter, client: redis.Redis
+) -> None:
+    """A rank given to another replica: the old deployment's event time must not end the
+    verdict the new deployment now holds for it."""
+    layout = writer.layout
+    t0 = 1_790_000_000 * NS_PER_S
+    writer.write(verdict("node07", 1, first_seen_ns=t0, last_seen_ns=t0))
+    later = t0 + 10 * NS_PER_S
+    writer.write(verdict("node07", 2, deployment="dep1", first_seen_ns=later, last_seen_ns=later))
+    assert client.zcard(layout.event_expiry("dep0")) == 0
+    writer.write(heartbeat_record("dep0", t0 + 3600 * NS_PER_S, 1, 10 * NS_PER_S))
+    assert json.loads(client.get(layout.verdict("node07")))["version"] == 2
+    assert client.zrange(layout.ranked("dep1"), 0, -1) == [b"node07"]
 
 
 def test_redis_keeps_how_far_it_applied_each_partition_and_refuses_a_gap(

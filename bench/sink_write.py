@@ -78,7 +78,7 @@ def traffic(args: argparse.Namespace, start_ns: int) -> list[dict[str, Any]]:
     return records
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writes", type=int, default=20_000)
     parser.add_argument("--entities", type=int, default=256)
@@ -88,15 +88,18 @@ def main() -> int:
     parser.add_argument("--ttl-ms", type=int, default=30_000)
     parser.add_argument("--stale-share", type=float, default=0.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/sink_write.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.writes < 1 or args.entities < 1 or args.batch < 1:
         parser.error("--writes, --entities and --batch must be >= 1")
     if not 0.0 <= args.stale_share < 1.0:
         parser.error("--stale-share must be in [0, 1)")
+    return args
 
-    base = load_settings()
-    url = urlunsplit(urlsplit(base.redis_url)._replace(path=f"/{BENCH_DB}"))
-    config = SinkConfig(key_prefix=f"bench:{uuid.uuid4().hex[:8]}:", capacity={DEPLOYMENT: 256})
+
+def measure(redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Write the traffic of ``args`` to db 13 of ``redis_url``; the figures as a dict."""
+    url = urlunsplit(urlsplit(redis_url)._replace(path=f"/{BENCH_DB}"))
+    config = SinkConfig(key_prefix=f"bench:{uuid.uuid4().hex[:8]}:")
     conn = connect(url, config)
     writer = RedisWriter(conn, config)
     records = traffic(args, time.time_ns())
@@ -114,7 +117,7 @@ def main() -> int:
         if keys:
             conn.delete(*keys)
         conn.close()
-    result = {
+    return {
         "benchmark": "sink_write",
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": machine_info(),
@@ -124,9 +127,14 @@ def main() -> int:
         "wall_s": round(wall_s, 4),
         "writes_per_s": round(len(records) / wall_s, 1),
     }
+
+
+def main() -> int:
+    args = parse_args()
+    result = measure(load_settings().redis_url, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result))
     return 0
 
 

@@ -8,11 +8,12 @@ reports positive rates.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import ceiling, live, memory, replay_throughput
+from bench import ceiling, live, memory, replay_throughput, sink_write
 from bench.common import run_child
 from bench.prefill import Prefill, drop_topics, prefill, scaled_scenario, watermark_shortfall
 from skewscope.config import Settings
@@ -121,3 +122,28 @@ def test_live_run_measures_latency_and_lag(kafka_bootstrap: str, redis_url: str)
     assert got["latency_probes"] > 0
     assert got["latency_p50_ms"] > 0
     assert got["lag_series"]
+
+
+def test_sink_write_applies_every_record_and_ends_the_stale_verdicts(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """300 writes over 20 entities, half never refreshed, 200 ms TTLs over 1.5 s of event
+    time: every write applies, and only the 10 refreshed entities are ranked at the end."""
+    args = sink_write.parse_args(
+        [
+            "--writes",
+            "300",
+            "--entities",
+            "20",
+            "--stale-share",
+            "0.5",
+            "--ttl-ms",
+            "200",
+            "--out",
+            str(tmp_path / "out.json"),
+        ]
+    )
+    got = sink_write.measure(redis_url, args)
+    assert got["applied"] == got["writes"] == 300
+    assert got["ranked_at_end"] == 10
+    assert got["writes_per_s"] > 0

@@ -17,6 +17,7 @@ import pytest
 
 from bench.order_audit import Frame, Run, run
 from models.detector import Detector, DetectorConfig, Output
+from schemas.columns import unpack
 from tests.synthetic import collective_frames, topology
 
 Frames = list[tuple[str, dict[str, Any]]]
@@ -104,12 +105,12 @@ SIM_S = 6.0
 DELAY_NS = 400_000_000
 
 
-def _sim_frames() -> tuple[list[dict[str, Any]], list[Frame]]:
+def _sim_frames(seed: int = 2, seconds: float = SIM_S) -> tuple[list[dict[str, Any]], list[Frame]]:
     from producers.sim.scenario import load_scenario
     from producers.sim.simulation import Simulation
 
-    sim = Simulation(load_scenario("mixed"), seed=2)
-    frames = [(f.event_time_ns, f.schema, f.record) for f in sim.frames(duration_s=SIM_S)]
+    sim = Simulation(load_scenario("mixed"), seed=seed)
+    frames = [(f.event_time_ns, f.schema, f.record) for f in sim.frames(duration_s=seconds)]
     return list(sim.topology), frames
 
 
@@ -145,6 +146,46 @@ def test_a_source_read_late_is_waited_for_feed_by_feed(delayed: str, prefix: str
     assert any(mine.values())
     assert _of(late.windows, prefix, after_ns) == mine
     assert late.verdicts == in_order.verdicts
+
+
+@pytest.mark.parametrize("shift_ns", [DELAY_NS, -DELAY_NS], ids=["late", "early"])
+def test_collectives_read_out_of_step_with_the_rest_change_no_window(shift_ns: int) -> None:
+    """A step is reported when it ends, which can be a frame after it started (a long
+    prefill step). A collective frame claimed to report up to its period's end, past such a
+    step's start, so in event-time order that step's rows came behind the watermark and
+    counted only in the windows still open, while read 400 ms late relative to the rest they
+    were on time: features differed between orderings. The simulator's frames now claim no
+    further than the first step they have not reported."""
+    topology_records, frames = _sim_frames(seed=1, seconds=10.0)
+    in_order = _run_delayed(topology_records, frames, None)
+    settled_ns = frames[0][0] + 1_000_000_000
+    if shift_ns > 0:
+        shifted = run(topology_records, frames, {"CollectiveFrame": shift_ns}, settled_ns)
+    else:  # collectives early: every other source late
+        others = {f[1]: -shift_ns for f in frames if f[1] != "CollectiveFrame"}
+        shifted = run(topology_records, frames, others, settled_ns)
+    assert any(f for f in in_order.windows.values() if any(k.startswith("nccl.") for k in f))
+    assert shifted.windows == in_order.windows
+    assert shifted.verdicts == in_order.verdicts
+
+
+def test_a_collective_frame_claims_no_further_than_its_first_unreported_step() -> None:
+    """Every collective row starts at or after the reach (``frame_end_ns``) of the frames of
+    its feed before it (less its clock's jitter: the reach is stated without one), so none
+    is late by design."""
+    _, frames = _sim_frames(seed=1, seconds=10.0)
+    reach: dict[tuple[str, str, str], int] = {}
+    held = 0
+    for end_ns, schema, record in frames:
+        if schema != "CollectiveFrame":
+            continue
+        feed = (record["deployment"], record["group_id"], record["node"])
+        cols = unpack(schema, record)
+        if feed in reach and len(cols["first_start_ns"]):
+            assert int(cols["first_start_ns"].min()) >= reach[feed] - 1_000_000
+        reach[feed] = max(reach.get(feed, 0), record["frame_end_ns"])
+        held += record["frame_end_ns"] < end_ns - 1_000_000  # clocks differ by < 1 ms here
+    assert held, "no frame held back: the scenario should have steps across a frame's end"
 
 
 def _silent_sources(verdicts: list[dict[str, Any]]) -> set[str]:

@@ -59,6 +59,12 @@ class Clocks:
         t = np.asarray(true_ns, dtype=np.int64)
         return self._stamp(t, self._error(np.asarray(clock, dtype=np.int64), t))
 
+    def to_local_exact(self, clock: int, true_ns: int) -> int:
+        """The time ``true_ns`` as clock ``clock`` reads it, less its jitter (and without
+        drawing one): for a bound the source states, not a sample it stamps."""
+        t = np.asarray([true_ns], dtype=np.int64)
+        return int(t[0] + np.rint(self._error(clock, t)).astype(np.int64)[0])
+
     def set_step(self, clock: int, step_ns: float, at_ns: int) -> None:
         """The clock steps to ``step_ns`` (from zero) at true time ``at_ns``: timestamps from
         ``at_ns`` on carry it, earlier ones (stamped later) the step it had before."""

@@ -193,6 +193,27 @@ def _rows_on_node(cols: dict[str, np.ndarray], node: int, only_node: bool) -> di
     return {name: values[on_node] for name, values in cols.items()}
 
 
+def _first_unreported_start(
+    log: RowLog | None, node: int, only_node: bool, until: int
+) -> int | None:
+    """The earliest start (true ns) before ``until`` of a step the group's log still holds on
+    ``node`` (a row is reported once its step has ended): a frame that claimed to report up
+    to ``until`` would make that row late when it comes (docs/backtest.md)."""
+    if log is None:
+        return None
+    earliest: int | None = None
+    for block in log.summary:
+        ranks_nodes, starts = block[2][1], block[2][3]
+        assert isinstance(starts, np.ndarray)
+        if not only_node:
+            starts = starts[np.broadcast_to(np.asarray(ranks_nodes) == node, starts.shape)]
+        starts = starts[starts < until]
+        if starts.size:
+            first = int(starts.min())
+            earliest = first if earliest is None else min(earliest, first)
+    return earliest
+
+
 class Telemetry:
     """Frame builders with their per-producer sequence numbers and cumulative counters."""
 
@@ -274,6 +295,9 @@ class Telemetry:
         for r, engine in enumerate(self.world.engines):
             frames.append(self._requests(engine, until))
             frames.append(self._engine_samples(r, engine, truth, tick_end))
+        # a collective frame's reach stops at the start of a step it has not reported yet
+        # (true time, and the frame's clock): (clock, start) by id of the frame's record
+        self._in_flight: dict[int, tuple[int, int]] = {}
         for ex in self.world.executors:
             frames.extend(self._collectives(ex, until))
         frames.extend(self._gpu(truth, tick_end))
@@ -286,7 +310,11 @@ class Telemetry:
         local_end = clocks.to_local_each(every_clock, np.repeat(tick_end[-1], every_clock.size))
         end_by_id = dict(zip(clocks.ids, local_end.tolist(), strict=True))
         for f in frames:
-            f.record["frame_end_ns"] = end_by_id[f.record["clock_id"]]
+            end_ns = end_by_id[f.record["clock_id"]]
+            in_flight = self._in_flight.get(id(f.record))
+            if in_flight is not None:
+                end_ns = min(end_ns, clocks.to_local_exact(*in_flight))
+            f.record["frame_end_ns"] = end_ns
         return frames
 
     # -- engine ----------------------------------------------------------------------------
@@ -468,6 +496,9 @@ class Telemetry:
                     n_rows=n_rows,
                     n_detail=n_detail,
                 )
+                started = _first_unreported_start(log, node, only_node, until)
+                if started is not None:
+                    self._in_flight[id(record)] = (clock, started)
                 out.append(
                     SimFrame(self.topics.collectives, dl.name, "CollectiveFrame", record, until)
                 )

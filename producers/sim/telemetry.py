@@ -229,6 +229,9 @@ class Telemetry:
         self.ns = CounterBank(lay.n_nodes, c.counter_wrap_bits, rng)
         self.replay_total = rng.integers(0, 50, lay.n_gpus).astype(np.int64)
         self.seq: dict[tuple[str, ...], int] = {}
+        # per period (reset by emit): a collective frame's reach stops at the start of a step
+        # it has not reported yet: (clock, start in true ns) by id of the frame's record
+        self._in_flight: dict[int, tuple[int, int]] = {}
         self._nic_ports = self._nic_port_table()
         self._collective_groups: dict[str, list[_CollectiveGroup]] = {}  # by deployment
         # Fixed by the layout, so built once: each node's GPUs (global indices, ascending),
@@ -295,9 +298,7 @@ class Telemetry:
         for r, engine in enumerate(self.world.engines):
             frames.append(self._requests(engine, until))
             frames.append(self._engine_samples(r, engine, truth, tick_end))
-        # a collective frame's reach stops at the start of a step it has not reported yet
-        # (true time, and the frame's clock): (clock, start) by id of the frame's record
-        self._in_flight: dict[int, tuple[int, int]] = {}
+        self._in_flight = {}
         for ex in self.world.executors:
             frames.extend(self._collectives(ex, until))
         frames.extend(self._gpu(truth, tick_end))

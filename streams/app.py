@@ -35,11 +35,12 @@ from skewscope.config import Settings
 from skewscope.kafka.dead_letters import send_dead_letter_of
 from skewscope.kafka.producer import DeliveryError, EventProducer
 from streams.health_page import register_health_page
-from streams.recovery import Admit, ShardRecovery
+from streams.recovery import QUIET_TICKS, Admit, ShardRecovery
 from streams.shards import ShardPool
 from streams.topology_feed import TopologyFeed
 
 log = logging.getLogger(__name__)
+STALL_CHECK_INTERVAL_S = 2.0  # how often quiet partitions behind their end are looked at
 
 
 def build_app(
@@ -213,6 +214,7 @@ def build_app(
             blob = checkpoints.data.get(str(partition).encode())
             log.info("%s", recovery.restore(partition, blob))
         held.update(partitions=assigned, generation=generation)
+        recovery.rebalanced()
         _seek_to_checkpoints_after_faust_seeks(app.consumer)
 
     def _seek_to_checkpoints_after_faust_seeks(consumer: Any) -> None:
@@ -290,6 +292,33 @@ def build_app(
                 lag = max(0, highwater - position - 1)
                 METRICS.consumer_lag.labels(app_id, tp.topic, str(tp.partition)).set(lag)
 
+    app.sensors.add(_HandedToStreams(recovery, telemetry_topics))
+
+    @app.timer(interval=STALL_CHECK_INTERVAL_S)
+    async def seek_stalled_partitions() -> None:
+        """A seek back that was lost with no later message to notice it: a partition behind
+        its end that delivers nothing is sought back again (ShardRecovery.stalled)."""
+        consumer: Any = app.consumer
+        if app.rebalancing or not consumer.flow_active:
+            return  # the rebalance's own seeks come first
+        try:
+            ends = {
+                (tp.topic, tp.partition): consumer.highwater(tp)
+                for tp in consumer.assignment()
+                if tp.topic in telemetry_topics
+            }
+            for topic, partition, offset in recovery.stalled(ends):
+                log.warning(
+                    "%s[%d]: nothing delivered for %.0f s, offsets from %d unread; seeking back",
+                    topic,
+                    partition,
+                    QUIET_TICKS * STALL_CHECK_INTERVAL_S,
+                    offset,
+                )
+                await seek_back(topic, partition, offset)
+        except Exception as exc:  # a partition revoked meanwhile: the rebalance re-seeks it
+            log.warning("stalled-partition check failed: %s", exc)
+
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         # aiohttp refuses a charset inside content_type; the exposition format is plain text.
@@ -317,6 +346,7 @@ def build_app(
             "seeks": recovery.seeks,
             "skipped": recovery.skipped,
             "gaps": recovery.gaps,
+            "quiet_seeks": recovery.quiet_seeks,
         }
         return web.json(
             {
@@ -335,6 +365,20 @@ def build_app(
     # Before the worker starts, so the page wins the '/' route over Faust's own index.
     register_health_page(app, pool, settings)
     return app, pool
+
+
+class _HandedToStreams(faust.Sensor):
+    """Tells the shards' recovery which telemetry message the consumer last gave the streams:
+    one not yet admitted is on its way, so its partition is not stalled."""
+
+    def __init__(self, recovery: ShardRecovery, topics: set[str]) -> None:
+        super().__init__()
+        self._recovery = recovery
+        self._topics = frozenset(topics)
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        if tp.topic in self._topics:
+            self._recovery.handed(tp.topic, tp.partition, offset)
 
 
 class _ReadOffsets(defaultdict[Any, int | None]):

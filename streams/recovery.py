@@ -18,6 +18,13 @@ the offset of the next message the shard's state expects, and answers for each m
   (The app turns off Faust's read-offset filter for these topics: it would drop the re-read
   messages behind the stale ones.)
 
+A seek can still be lost with no message left to notice it: another seek (Faust's to the
+committed offsets) lands after the shard's on a topic that has gone quiet, and nothing after
+it arrives. So the worker asks :meth:`ShardRecovery.stalled` every 2 s: a topic-partition
+whose end is past its expected offset and that delivered nothing for ``QUIET_TICKS`` calls
+in a row is sought back again, at most ``MAX_QUIET_SEEKS`` times while its expected offset
+and end stay the same.
+
 Checkpoints are due when a shard has closed ``interval_windows`` windows since its last one
 (default 4 windows: 1 s of event time with 250 ms hops), never per frame. A checkpoint covers
 exactly the messages applied so far, so restoring it and re-reading from its offsets repeats
@@ -33,6 +40,7 @@ does the seeking and the table writes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -46,6 +54,8 @@ TopicPartition = tuple[str, int]
 
 
 RESEEK_AFTER = 5000  # skipped messages of a resume before its seek is repeated
+QUIET_TICKS = 2  # calls of stalled() without a message before a partition counts as stalled
+MAX_QUIET_SEEKS = 5  # seeks of a stalled partition while its expected offset and end stay put
 
 
 @dataclass
@@ -56,6 +66,16 @@ class _Chase:
     max_seen: int
     skipped: int = 0
     restart_at: int | None = None  # where a re-read began above the expected offset
+
+
+@dataclass
+class _Quiet:
+    """A topic-partition behind its end that delivered nothing: since which (expected, end),
+    for how many calls of stalled(), and how many seeks it has had."""
+
+    at: tuple[int, int]
+    ticks: int = 0
+    seeks: int = 0
 
 
 class Admit(Enum):
@@ -72,10 +92,15 @@ class ShardRecovery:
     interval_windows: int = 4
     _expected: dict[TopicPartition, int] = field(default_factory=dict)
     _seeking: dict[TopicPartition, _Chase] = field(default_factory=dict)
+    _heard: set[TopicPartition] = field(default_factory=set)  # delivered since stalled()
+    _handed: dict[TopicPartition, int] = field(default_factory=dict)  # last given to streams
+    _admitted: dict[TopicPartition, int] = field(default_factory=dict)  # last seen by admit()
+    _quiet: dict[TopicPartition, _Quiet] = field(default_factory=dict)
     gaps: int = 0
     _last_checkpoint_windows: dict[int, int] = field(default_factory=dict)
     skipped: int = 0
     seeks: int = 0
+    quiet_seeks: int = 0
     checkpoints: int = 0
 
     # -- assignment ---------------------------------------------------------------------
@@ -110,12 +135,23 @@ class ShardRecovery:
             del self._expected[tp]
         for tp in [tp for tp in self._seeking if tp[1] == partition]:
             del self._seeking[tp]
+        for marks in (self._quiet, self._handed, self._admitted):
+            for tp in [tp for tp in marks if tp[1] == partition]:
+                del marks[tp]
+        self._heard = {tp for tp in self._heard if tp[1] != partition}
         self._last_checkpoint_windows.pop(partition, None)
+
+    def rebalanced(self) -> None:
+        """A rebalance flushed the streams' buffers: nothing handed to them is in flight."""
+        self._handed.clear()
+        self._admitted.clear()
 
     # -- per message --------------------------------------------------------------------
     def admit(self, topic: str, partition: int, offset: int) -> tuple[Admit, int]:
         """Decide about one message; with ``SEEK`` the second value is the offset to seek to."""
         tp = (topic, partition)
+        self._heard.add(tp)
+        self._admitted[tp] = offset
         expected = self._expected.get(tp)
         if expected is None or offset == expected:
             self._seeking.pop(tp, None)
@@ -165,6 +201,54 @@ class ShardRecovery:
             return Admit.SKIP, offset
         self.seeks += 1
         return Admit.SEEK, expected
+
+    def handed(self, topic: str, partition: int, offset: int) -> None:
+        """The consumer gave the message at ``offset`` to the streams (it reaches admit()
+        after the ones queued before it)."""
+        self._handed[(topic, partition)] = offset
+
+    def stalled(self, ends: Mapping[TopicPartition, int | None]) -> list[tuple[str, int, int]]:
+        """Topic-partitions to seek back to their expected offset, as (topic, partition,
+        offset): ``ends`` holds each assigned one's end offset (one past its last message;
+        None while unknown). One whose expected offset is below its end, that has no message
+        on its way (the last one handed to the streams reached admit()) and that delivered
+        no message through ``QUIET_TICKS`` calls in a row is stalled: a seek back was lost
+        (another seek landed after it) and nothing later arrives to make :meth:`admit` seek
+        again. Called on a timer. A seek where nothing was lost (a paused partition) costs a
+        redelivery, skipped here. After ``MAX_QUIET_SEEKS`` unanswered seeks at the same
+        expected offset and end it stops asking (logged) until either moves: those offsets
+        hold nothing to deliver (transaction markers)."""
+        out = []
+        for tp, end in ends.items():
+            expected = self._expected.get(tp)
+            handed = self._handed.get(tp)
+            on_its_way = handed is not None and handed != self._admitted.get(tp)
+            if expected is None or end is None or expected >= end:
+                self._quiet.pop(tp, None)  # not behind
+                continue
+            if tp in self._heard or on_its_way:
+                self._quiet.pop(tp, None)
+                continue
+            quiet = self._quiet.get(tp)
+            if quiet is None or quiet.at != (expected, end):
+                quiet = self._quiet[tp] = _Quiet(at=(expected, end))
+            quiet.ticks += 1
+            if quiet.ticks % QUIET_TICKS or quiet.seeks >= MAX_QUIET_SEEKS:
+                continue
+            quiet.seeks += 1
+            self.quiet_seeks += 1
+            if quiet.seeks == MAX_QUIET_SEEKS:
+                log.warning(
+                    "%s[%d]: offsets %d..%d never arrived after %d seeks; not seeking again "
+                    "until the partition moves",
+                    *tp,
+                    expected,
+                    end - 1,
+                    quiet.seeks,
+                )
+            out.append((tp[0], tp[1], expected))
+        self._heard.clear()
+        return out
 
     def lost(self, topic: str, partition: int, first_available: int) -> None:
         """The expected records are gone (retention deleted them): continue from the first

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,8 +78,12 @@ def env_for(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def worker(settings: Settings, web_port: int, app_id: str = "") -> Iterator[subprocess.Popen[str]]:
+def worker(
+    settings: Settings, web_port: int, app_id: str = "", runner: Sequence[str] = ("skewscope.cli",)
+) -> Iterator[subprocess.Popen[str]]:
     """Run ``skewscope worker`` in a subprocess; stop it (SIGTERM, then SIGKILL) afterwards.
+    ``runner``: the module (and its own arguments) run with ``python -m`` in front of
+    ``worker …``; a test harness can wrap the CLI with a fault.
 
     Its output goes to a file, not a pipe nobody drains: a chatty worker (reconnecting after
     a broker restart) would otherwise fill the pipe and block. When the body fails, the tail
@@ -88,13 +92,15 @@ def worker(settings: Settings, web_port: int, app_id: str = "") -> Iterator[subp
     cmd = [
         sys.executable,
         "-m",
-        "skewscope.cli",
+        *runner,
         "worker",
         "--app-id",
         app_id,
         "--web-port",
         str(web_port),
         "--quiet",
+        "--loglevel",
+        "info",
     ]
     with tempfile.NamedTemporaryFile("w+", prefix="worker-", suffix=".log", delete=False) as log:
         proc = subprocess.Popen(

@@ -209,3 +209,59 @@ def test_a_re_read_moved_by_another_seek_is_sought_back_not_taken_as_a_gap() -> 
         assert recovery.admit("t", 0, offset) == (Admit.PROCESS, offset)
         recovery.applied("t", 0, offset)
     assert recovery.gaps == 0
+
+
+def test_a_quiet_partition_behind_its_end_is_sought_back_until_it_answers() -> None:
+    """A seek back can be overtaken with no later message to show it (a quiet topic): a
+    partition whose expected offset is below its end and that delivers nothing through
+    QUIET_TICKS checks is sought back, again every QUIET_TICKS checks, at most
+    MAX_QUIET_SEEKS times at the same offsets; a message, or an end caught up with, ends it."""
+    from streams.recovery import MAX_QUIET_SEEKS, QUIET_TICKS, Admit, ShardRecovery
+    from streams.shards import ShardPool
+
+    recovery = ShardRecovery(ShardPool())
+    recovery.start_at("quiet", 0, 0)
+    recovery.start_at("busy", 0, 7)
+    recovery.start_at("done", 0, 4)
+    ends = {("quiet", 0): 5, ("busy", 0): 20, ("done", 0): 4, ("other", 0): 9}
+
+    def check() -> list[tuple[str, int, int]]:
+        recovery.admit("busy", 0, 7)  # delivering: never stalled, however far behind
+        return recovery.stalled(ends)
+
+    calls = [check() for _ in range(QUIET_TICKS * (MAX_QUIET_SEEKS + 2))]
+    sought = [i for i, out in enumerate(calls) if out]
+    assert all(out in ([], [("quiet", 0, 0)]) for out in calls)
+    assert sought == [QUIET_TICKS * k - 1 for k in range(1, MAX_QUIET_SEEKS + 1)]
+    assert recovery.quiet_seeks == MAX_QUIET_SEEKS
+    ends[("quiet", 0)] = 6  # the partition moved: watched afresh
+    assert [check() for _ in range(QUIET_TICKS)][-1] == [("quiet", 0, 0)]
+    assert recovery.admit("quiet", 0, 3) == (Admit.SEEK, 0)  # a message: not quiet any more
+    assert recovery.stalled(ends) == []
+    assert [recovery.stalled(ends) for _ in range(QUIET_TICKS)][-1] == [("quiet", 0, 0)]
+    for offset in range(6):
+        assert recovery.admit("quiet", 0, offset)[0] is Admit.PROCESS
+        recovery.applied("quiet", 0, offset)
+    assert [check() for _ in range(2 * QUIET_TICKS)] == [[]] * (2 * QUIET_TICKS)
+    recovery.forget(0)
+    assert recovery.stalled(ends) == []
+
+
+def test_a_partition_with_messages_on_their_way_is_not_stalled() -> None:
+    """A message handed to the streams and not yet admitted (a busy agent with a backlog
+    on other partitions) is on its way: no seek, however long the wait. Once it is admitted
+    and nothing follows, the partition can stall; a rebalance clears what was on its way."""
+    from streams.recovery import QUIET_TICKS, ShardRecovery
+    from streams.shards import ShardPool
+
+    recovery = ShardRecovery(ShardPool())
+    recovery.start_at("t", 0, 0)
+    ends = {("t", 0): 10}
+    recovery.handed("t", 0, 0)
+    assert [recovery.stalled(ends) for _ in range(3 * QUIET_TICKS)] == [[]] * (3 * QUIET_TICKS)
+    recovery.rebalanced()  # its buffers flushed: the handed message will not come
+    assert [recovery.stalled(ends) for _ in range(QUIET_TICKS)][-1] == [("t", 0, 0)]
+    recovery.handed("t", 0, 0)
+    recovery.admit("t", 0, 0)
+    recovery.applied("t", 0, 0)
+    assert [recovery.stalled(ends) for _ in range(QUIET_TICKS + 1)][-1] == [("t", 0, 1)]

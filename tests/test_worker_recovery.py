@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -272,12 +273,18 @@ def _committed(settings: Settings, group: str, topic: str) -> int:
         consumer.close()
 
 
+@pytest.mark.parametrize("restart", ["plain", "seeks-lost"])
 def test_a_topic_first_read_after_a_checkpoint_is_read_again_after_a_crash(
-    settings: Settings,
+    settings: Settings, restart: str
 ) -> None:
     """A telemetry topic whose first messages come after the shard's last checkpoint, and
     which the group commits past before the next one: the checkpoint carries where that
-    topic started, so the restarted worker reads them again and nothing is lost."""
+    topic started, so the restarted worker reads them again and nothing is lost.
+
+    ``seeks-lost``: the restarted worker's seeks on that topic are lost for its first 8 s
+    (as when Faust's seek to the committed offsets lands after the shard's, see
+    tests/lost_seeks_worker.py): the consumer stays at the committed offset, the last
+    messages arrive and nothing after them; the stalled-partition check seeks again."""
     settings = isolated(settings, partitions=1)
     (dep,) = _deployments(1, 1)
     collectives = [(dep, s, r) for s, r in collective_frames({5: 1.2}, 6, dep)]
@@ -321,8 +328,15 @@ def test_a_topic_first_read_after_a_checkpoint_is_read_again_after_a_crash(
             producer.send(settings.topics.collectives, key, schema, record)
         for key, schema, record in more_requests:
             producer.send(topic, key, schema, record)
-    with worker(settings, 16078, app_id) as proc:
+    runner = ("skewscope.cli",)
+    if restart == "seeks-lost":
+        runner = ("tests.lost_seeks_worker", "engine.requests", "8")
+    with worker(settings, 16078, app_id, runner) as proc:
         _wait_progress([16078], proc, progress)
+        if restart == "seeks-lost":
+            log = Path(proc.log_path).read_text()  # type: ignore[attr-defined]
+            assert "lost seek" in log, "no seek was lost: the test proved nothing"
+            assert _status(16078)["recovery"]["quiet_seeks"] > 0
 
 
 def test_worker_rides_out_a_broker_restart(settings: Settings) -> None:

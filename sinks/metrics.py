@@ -44,6 +44,13 @@ class SinkMetrics:
             ["topic"],
             registry=registry,
         )
+        self.stalled_seeks = Counter(
+            "skewscope_stalled_partition_seeks",
+            "Quiet telemetry partitions behind their end sought back by the worker (a seek "
+            "back that another seek overtook), by topic.",
+            ["topic"],
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "skewscope_dead_letters",
             "Messages sent to the dead-letter topic, by consumer ('<consumer>-unsent': bad "

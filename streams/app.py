@@ -315,6 +315,7 @@ def build_app(
                     QUIET_TICKS * STALL_CHECK_INTERVAL_S,
                     offset,
                 )
+                METRICS.stalled_seeks.labels(topic).inc()
                 await seek_back(topic, partition, offset)
         except Exception as exc:  # a partition revoked meanwhile: the rebalance re-seeks it
             log.warning("stalled-partition check failed: %s", exc)

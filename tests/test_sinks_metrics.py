@@ -30,6 +30,7 @@ def test_metrics_server_exposes_every_family() -> None:
     metrics.watermark_delay.labels(deployment="dep0").set(0.25)
     metrics.late_events.labels(topic="telemetry.nic").inc(3)
     metrics.dead_letters.labels(consumer="worker").inc()
+    metrics.stalled_seeks.labels(topic="telemetry.engine.requests").inc()
     port = free_port()
     server = start_metrics_server(port, registry=registry)
     try:
@@ -43,6 +44,7 @@ def test_metrics_server_exposes_every_family() -> None:
         'skewscope_watermark_delay_seconds{deployment="dep0"} 0.25',
         'skewscope_late_events_total{topic="telemetry.nic"} 3.0',
         'skewscope_dead_letters_total{consumer="worker"} 1.0',
+        'skewscope_stalled_partition_seeks_total{topic="telemetry.engine.requests"} 1.0',
         "skewscope_redis_sink_lag_seconds",
     ):
         assert line in text

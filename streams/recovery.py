@@ -21,9 +21,10 @@ the offset of the next message the shard's state expects, and answers for each m
 A seek can still be lost with no message left to notice it: another seek (Faust's to the
 committed offsets) lands after the shard's on a topic that has gone quiet, and nothing after
 it arrives. So the worker asks :meth:`ShardRecovery.stalled` every 2 s: a topic-partition
-whose end is past its expected offset and that delivered nothing for ``QUIET_TICKS`` calls
-in a row is sought back again, at most ``MAX_QUIET_SEEKS`` times while its expected offset
-and end stay the same.
+whose end is past its expected offset, with no message on its way (:meth:`handed` to the
+streams and not yet admitted) and that delivered nothing for ``QUIET_TICKS`` calls in a row
+is sought back again, at most ``MAX_QUIET_SEEKS`` times while its expected offset and end
+stay the same.
 
 Checkpoints are due when a shard has closed ``interval_windows`` windows since its last one
 (default 4 windows: 1 s of event time with 250 ms hops), never per frame. A checkpoint covers

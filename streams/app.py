@@ -244,6 +244,8 @@ def build_app(
     # the telemetry topics. The consumer is made now, before its fetcher binds the mapping.
     consumer: Any = app.consumer
     consumer._read_offset = _ReadOffsets(telemetry_topics, consumer._read_offset)
+    # Its drain loop binds the callback when it starts, too.
+    consumer.callback = _noting_handed(consumer.callback, recovery, telemetry_topics)
 
     @app.agent(telemetry)
     async def detect(stream: Any) -> None:
@@ -291,8 +293,6 @@ def build_app(
             if highwater is not None and position is not None:
                 lag = max(0, highwater - position - 1)
                 METRICS.consumer_lag.labels(app_id, tp.topic, str(tp.partition)).set(lag)
-
-    app.sensors.add(_HandedToStreams(recovery, telemetry_topics))
 
     @app.timer(interval=STALL_CHECK_INTERVAL_S)
     async def seek_stalled_partitions() -> None:
@@ -368,18 +368,18 @@ def build_app(
     return app, pool
 
 
-class _HandedToStreams(faust.Sensor):
-    """Tells the shards' recovery which telemetry message the consumer last gave the streams:
-    one not yet admitted is on its way, so its partition is not stalled."""
+def _noting_handed(callback: Any, recovery: ShardRecovery, topics: set[str]) -> Any:
+    """The consumer's callback (it puts each fetched message into the streams' queues, waiting
+    while they are full), telling the shards' recovery first which telemetry message it hands
+    over: one not yet admitted is on its way, so its partition is not stalled."""
+    telemetry = frozenset(topics)
 
-    def __init__(self, recovery: ShardRecovery, topics: set[str]) -> None:
-        super().__init__()
-        self._recovery = recovery
-        self._topics = frozenset(topics)
+    async def on_message(message: Any) -> None:
+        if message.topic in telemetry:
+            recovery.handed(message.topic, message.partition, message.offset)
+        await callback(message)
 
-    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
-        if tp.topic in self._topics:
-            self._recovery.handed(tp.topic, tp.partition, offset)
+    return on_message
 
 
 class _ReadOffsets(defaultdict[Any, int | None]):

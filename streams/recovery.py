@@ -143,7 +143,7 @@ class ShardRecovery:
         self._last_checkpoint_windows.pop(partition, None)
 
     def rebalanced(self) -> None:
-        """A rebalance flushed the streams' buffers: nothing handed to them is in flight."""
+        """A rebalance emptied the streams' queues: nothing handed to them is on its way."""
         self._handed.clear()
         self._admitted.clear()
 
@@ -204,8 +204,8 @@ class ShardRecovery:
         return Admit.SEEK, expected
 
     def handed(self, topic: str, partition: int, offset: int) -> None:
-        """The consumer gave the message at ``offset`` to the streams (it reaches admit()
-        after the ones queued before it)."""
+        """The consumer put the message at ``offset`` into the streams' queues (it reaches
+        admit() after the ones queued before it)."""
         self._handed[(topic, partition)] = offset
 
     def stalled(self, ends: Mapping[TopicPartition, int | None]) -> list[tuple[str, int, int]]:

@@ -259,7 +259,7 @@ def test_a_partition_with_messages_on_their_way_is_not_stalled() -> None:
     ends = {("t", 0): 10}
     recovery.handed("t", 0, 0)
     assert [recovery.stalled(ends) for _ in range(3 * QUIET_TICKS)] == [[]] * (3 * QUIET_TICKS)
-    recovery.rebalanced()  # its buffers flushed: the handed message will not come
+    recovery.rebalanced()  # its queues emptied: the handed message will not come
     assert [recovery.stalled(ends) for _ in range(QUIET_TICKS)][-1] == [("t", 0, 0)]
     recovery.handed("t", 0, 0)
     recovery.admit("t", 0, 0)

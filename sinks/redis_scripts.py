@@ -32,6 +32,13 @@ local function rebuild_avoid(ranked, avoid, capacity, dep_hash, deployment, shar
   redis.call('HSET', dep_hash, 'capacity', n, 'avoid_cap', cap)
   return redis.call('ZRANGE', avoid, 0, -1, 'REV', 'WITHSCORES')
 end
+-- Takes an entity off the sorted sets that list its current verdict; only for the scripts
+-- whose KEYS follow change_keys (4 expiry, 7 ranked, 9 worst, 14 event expiry).
+local function unlist(entity)
+  for _, key in ipairs({KEYS[4], KEYS[7], KEYS[9], KEYS[14]}) do
+    redis.call('ZREM', key, entity)
+  end
+end
 local function announce(channel, dep_hash, message)
   redis.call('HINCRBY', dep_hash, 'seq', 1)
   message['deployment_state'] = redis.call('HGETALL', dep_hash)
@@ -89,10 +96,7 @@ local gone = {}
 for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[14], '-inf', horizon, 'LIMIT', 0, 100)) do
   if e ~= entity then
     redis.call('DEL', ARGV[22] .. e)
-    redis.call('ZREM', KEYS[4], e)
-    redis.call('ZREM', KEYS[7], e)
-    redis.call('ZREM', KEYS[9], e)
-    redis.call('ZREM', KEYS[14], e)
+    unlist(e)
     gone[#gone + 1] = e
   end
 end
@@ -181,10 +185,7 @@ end
 if not redis.call('ZSCORE', KEYS[4], entity) then
   return 0
 end
-redis.call('ZREM', KEYS[4], entity)
-redis.call('ZREM', KEYS[7], entity)
-redis.call('ZREM', KEYS[9], entity)
-redis.call('ZREM', KEYS[14], entity)
+unlist(entity)
 local avoid = rebuild_avoid(KEYS[7], KEYS[8], KEYS[10], KEYS[6], deployment, tonumber(ARGV[3]))
 local version = redis.call('HGET', KEYS[2], entity) or ''
 announce(ARGV[4], KEYS[6], {kind = 'expired', entity = entity, deployment = deployment,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -505,3 +506,53 @@ def test_truth_counts_no_room_on_a_replica_out_of_the_routers_rotation(
         pass
     found = {(x["condition"], x["entity"]) for x in sim.labels}
     assert (("ingress-imbalance", "llama70b-a") in found) is labelled
+
+
+def _engine(kv_capacity_tokens: int, max_batched_tokens: int) -> Any:
+    from producers.sim.engine import Engine
+    from producers.sim.scenario import DeploymentSpec
+
+    spec = DeploymentSpec(
+        "r0", kv_capacity_tokens=kv_capacity_tokens, max_batched_tokens=max_batched_tokens
+    )
+    return Engine(spec, _Steps())  # type: ignore[arg-type]
+
+
+def _submit(engine: Any, prompts: list[int], outputs: list[int]) -> None:
+    n = len(prompts)
+    zeros = np.zeros(n, dtype=np.int64)
+    engine.submit(zeros, zeros, np.array(prompts), np.array(outputs), zeros)
+
+
+def test_admission_allocates_the_first_chunk_and_the_gauge_counts_what_was_allocated() -> None:
+    """As vLLM V1: a request is admitted when its first chunk's blocks fit and the step has
+    token budget left; the rest of its prompt is allocated chunk by chunk, and the KV use the
+    engine reports is exactly the blocks allocated. A request held back by the token budget
+    waits, and the truth does not read that as KV pressure."""
+    engine = _engine(kv_capacity_tokens=64_000, max_batched_tokens=1024)
+    _submit(engine, [3000, 3000], [10, 10])
+    engine.run_until(1)  # the first step: the first prompt's first chunk takes the budget
+    assert engine.n_running() == 1 and len(engine.waiting) == 1
+    assert not engine.kv_blocked
+    _, used_blocks, _ = engine.state_at(1)
+    assert used_blocks == 1024 // engine.block_tokens  # one chunk allocated, not the prompt
+    engine.run_until(20_000_001)  # its second chunk, then the second prompt's turn
+    assert engine.snap[0][2] * engine.kv_capacity_blocks == 1024 // engine.block_tokens
+
+
+def test_a_preempted_prompt_keeps_its_cached_blocks_and_waits_for_room() -> None:
+    """A long prompt admitted on its first chunk whose next chunk does not fit is preempted;
+    the prefix cache keeps its computed blocks, so it waits at the head of the queue, blocked
+    by the cache, until room frees, and then recomputes only the rest. Without the cache it
+    would be admitted again on its first chunk every other step and preempted again (a
+    livelock at full KV use that the truth read as unblocked)."""
+    engine = _engine(kv_capacity_tokens=3000, max_batched_tokens=2048)
+    _submit(engine, [1000, 2500], [50, 2])
+    engine.run_until(40_000_001)  # admits both, then the second's next chunk does not fit
+    assert engine.preemptions_total == 1
+    assert engine.cached_tokens == {1: 1040}  # 1048 computed, kept in whole 16-token blocks
+    assert engine.kv_blocked and list(engine.waiting) == [1]
+    engine.run_until(2_000_000_000)  # the first request finishes; the second completes
+    assert engine.preemptions_total == 1
+    assert engine.req_first_token[1] > 0
+    assert engine.prompt_tokens_total == 1000 + 1048 + (2500 - 1040)

@@ -1,19 +1,30 @@
 """A vLLM-V1-like engine: continuous batching with chunked prefill, KV blocks, preemption.
 
-Each step the scheduler (1) admits waiting requests into free batch slots while their prompt's
-KV blocks fit (continuous batching), or, with ``backfill`` off (static batching, the
-early-stop-skew cause), only when the whole batch has drained; (2) gives decode sequences one
-token each and spends the rest of ``max_batched_tokens`` on prefill chunks in admission order;
-(3) if the KV cache cannot hold the step's new tokens, preempts the most recently admitted
-sequences (recompute: they return to the head of the queue and redo prefill of prompt and
-generated tokens). The step's duration comes from the deployment's :class:`Executor` (ranks,
-collectives, fabric). A request's first token comes at the end of the step that finishes its
-prefill.
+Each step the scheduler, as vLLM V1's does, (1) gives the running sequences their tokens:
+one each to decode sequences and the rest of ``max_batched_tokens`` to prefill chunks in
+admission order; (2) if the KV cache cannot hold those tokens, preempts the most recently
+admitted sequences (they return to the head of the queue), and admits nothing that step;
+(3) otherwise admits waiting requests into free batch slots while token budget is left and
+the KV blocks of each one's first chunk fit (a prompt's blocks are allocated chunk by chunk
+as they are scheduled, and the KV use the engine reports counts exactly those). With
+``backfill`` off (static batching, the early-stop-skew cause) it admits only once the whole
+batch has drained, each request while its whole prompt fits. The step's duration comes from
+the deployment's :class:`Executor` (ranks, collectives, fabric). A request's first token
+comes at the end of the step that finishes its prefill.
+
+Preemption and the prefix cache: a preempted sequence's computed tokens stay cached in whole
+blocks, free (the gauge does not count them) but kept while the free pool has room for them;
+readmitted, it needs its cached blocks and the next chunk's to fit, and recomputes only what
+the cache lost (its prompt and generated tokens). Without the cache, a prompt longer than the
+free room was admitted on its first chunk, preempted at its second, and admitted again, in a
+loop that held the queue at full KV use while admission never read as blocked.
 
 Cause knobs: ``backfill``, ``kv_capacity_blocks`` (the KV budget; kv-cache-pressure),
 ``max_num_seqs`` (the control surface's set_max_batch). Lifecycle events use the codes of
 EngineRequestFrame.kind. Limits: one scheduler per replica, FCFS, no priorities, no
-speculative decoding, no prefix caching.
+speculative decoding, no prefix sharing between requests (the cache serves only a
+preempted request's own tokens), the cache's eviction order approximated (the queue's order
+keeps its cache first, where vLLM evicts the least recently freed blocks).
 """
 
 from __future__ import annotations
@@ -61,6 +72,10 @@ class Engine:
         self.req_ready: list[int] = []
         self.req_first_token: list[int] = []
         self.req_scheduled: list[int] = []
+        # KV of preempted requests kept by the prefix cache: request -> tokens (whole blocks).
+        # Those blocks are free (evictable, and the gauge does not count them) until the
+        # request is admitted again, which then recomputes only the rest.
+        self.cached_tokens: dict[int, int] = {}
         # logs
         self.events: list[tuple[int, int, int, int, int]] = []  # req, kind, t, prompt, out
         self.snap_t: list[int] = []
@@ -137,6 +152,7 @@ class Engine:
             self._preempt(int(slot), at_ns)
         self.slot_kv[:] = 0
         self.slot_prefill[:] = 0
+        self.cached_tokens.clear()  # a new process starts with an empty cache
         self.stalled = False
         self.busy_since = None
         self.t_ns = max(self.t_ns, ready_ns)
@@ -173,38 +189,91 @@ class Engine:
         """KV blocks that sequences of ``tokens`` tokens each hold (whole blocks)."""
         return int((-(-tokens // self.block_tokens)).sum())
 
-    def _admit(self, t: int) -> None:
-        active = self.slot_req >= 0
+    def _admit_batch(self, t: int) -> None:
+        """Static batching: once the batch has drained, admit the queue's head while its
+        whole need fits in the free KV blocks (the batch is formed once; chunked prefill then
+        spreads it over steps). Mid-batch nothing is admitted, whatever the room, and the
+        queue is held by the batching, not by the cache."""
         self.kv_blocked = False
-        if not self.backfill and active.any():
-            # static batching holds the queue until the batch drains, whatever the KV room
+        if (self.slot_req >= 0).any():
             return
         limit = min(self.max_num_seqs, self._cap)
         free_blocks = self._free_blocks()
         while self.waiting and self.n_running() < limit:
             req = self.waiting[0]
-            need_tokens = self.req_prompt[req] + self.req_out_done[req]
-            need = -(-need_tokens // self.block_tokens)  # nothing reserved for decode (V1)
+            need = -(-self._need_tokens(req) // self.block_tokens)
             if need > free_blocks:
                 self.kv_blocked = True
                 break
-            self.waiting.popleft()
-            slot = int(np.flatnonzero(self.slot_req < 0)[0])
-            self.slot_req[slot] = req
-            self.slot_prompt[slot] = self.req_prompt[req]
-            self.slot_target[slot] = self.req_target[req]
-            self.slot_out[slot] = self.req_out_done[req]
-            self.slot_prefill[slot] = need_tokens
-            self.slot_kv[slot] = 0
-            self.slot_order[slot] = self._admit_seq
-            self._admit_seq += 1
+            self._take(req, t)
             free_blocks -= need
-            if self.req_scheduled[req] < 0:
-                self.req_scheduled[req] = t
-            self.events.append((req, SCHEDULED, t, self.req_prompt[req], self.req_out_done[req]))
-            self.events.append(
-                (req, PREFILL_START, t + 150_000, self.req_prompt[req], self.req_out_done[req])
-            )
+
+    def _admit_chunks(self, t: int, new_tokens: np.ndarray) -> None:
+        """Continuous batching as vLLM V1 schedules it: after the running sequences have
+        their tokens, admit the queue's head while a batch slot and token budget are left and
+        the KV blocks of its first chunk (the prompt, or as much as the budget left takes)
+        fit beside the blocks the step already holds. Only that chunk's blocks are allocated;
+        the rest come chunk by chunk in later steps (and a later chunk that does not fit
+        preempts). ``new_tokens`` gets each admitted sequence's chunk."""
+        self.kv_blocked = False
+        limit = min(self.max_num_seqs, self._cap)
+        active = self.slot_req >= 0
+        used_blocks = self._blocks(self.slot_kv[active] + new_tokens[active])
+        budget = self.max_batched_tokens - int(new_tokens[active].sum())
+        self._evict_cached(self.kv_capacity_blocks - used_blocks)
+        while self.waiting and self.n_running() < limit and budget > 0:
+            req = self.waiting[0]
+            cached = self.cached_tokens.get(req, 0)
+            chunk = min(self._need_tokens(req) - cached, budget)
+            need = -(-(cached + chunk) // self.block_tokens) - cached // self.block_tokens
+            if used_blocks + cached // self.block_tokens + need > self.kv_capacity_blocks:
+                self.kv_blocked = True
+                break
+            slot = self._take(req, t)
+            new_tokens[slot] = chunk
+            used_blocks += cached // self.block_tokens + need
+            budget -= chunk
+
+    def _evict_cached(self, free_blocks: int) -> None:
+        """The prefix cache keeps a preempted request's blocks only while the free pool has
+        room for them: blocks the running sequences take evict them (waiting order first
+        keeps its cache; an approximation of vLLM's LRU free queue)."""
+        for req in self.waiting:
+            cached = self.cached_tokens.get(req)
+            if cached is None:
+                continue
+            keep = min(cached // self.block_tokens, max(free_blocks, 0))
+            free_blocks -= keep
+            if keep:
+                self.cached_tokens[req] = keep * self.block_tokens
+            else:
+                del self.cached_tokens[req]
+
+    def _need_tokens(self, req: int) -> int:
+        """Tokens a waiting request must prefill: its prompt, and after a preemption the
+        tokens it had generated too (recompute)."""
+        return self.req_prompt[req] + self.req_out_done[req]
+
+    def _take(self, req: int, t: int) -> int:
+        """Move the queue's head ``req`` into a free batch slot; returns the slot."""
+        self.waiting.popleft()
+        slot = int(np.flatnonzero(self.slot_req < 0)[0])
+        self.slot_req[slot] = req
+        self.slot_prompt[slot] = self.req_prompt[req]
+        self.slot_target[slot] = self.req_target[req]
+        self.slot_out[slot] = self.req_out_done[req]
+        cached = self.cached_tokens.pop(req, 0) if self.backfill else 0
+        self.slot_prefill[slot] = self._need_tokens(req) - cached
+        self.slot_kv[slot] = cached
+        self.slot_order[slot] = self._admit_seq
+        self._admit_seq += 1
+        if self.req_scheduled[req] < 0:
+            self.req_scheduled[req] = t
+        self.events.append((req, SCHEDULED, t, self.req_prompt[req], self.req_out_done[req]))
+        self.events.append(
+            (req, PREFILL_START, t + 150_000, self.req_prompt[req], self.req_out_done[req])
+        )
+        return slot
 
     def _preempt_until_fits(self, new_tokens: np.ndarray, t: int) -> np.ndarray:
         """Preempt latest-admitted sequences until the step's new tokens fit; returns mask."""
@@ -220,9 +289,15 @@ class Engine:
 
     def _preempt(self, slot: int, t: int) -> None:
         """Free the slot; its request keeps the tokens generated so far and returns to the
-        head of the queue, to recompute its KV when it is admitted again."""
+        head of the queue, to recompute, when it is admitted again, what the prefix cache
+        has not kept of its KV."""
         req = int(self.slot_req[slot])
         done = self.req_out_done[req] = int(self.slot_out[slot])
+        # whole blocks of the computed tokens stay in the prefix cache (at least one token is
+        # left to recompute: the last sampled one has no KV yet)
+        keep = min(int(self.slot_kv[slot]), self.req_prompt[req] + done - 1)
+        if keep >= self.block_tokens:
+            self.cached_tokens[req] = keep // self.block_tokens * self.block_tokens
         self.events.append((req, PREEMPTED, t, self.req_prompt[req], done))
         self.preemptions_total += 1
         self.slot_req[slot] = -1
@@ -232,7 +307,8 @@ class Engine:
         t0 = self.t_ns
         if self.busy_since is None:
             self.busy_since = t0
-        self._admit(t0)
+        if not self.backfill:
+            self._admit_batch(t0)
         active = self.slot_req >= 0
         decoding = active & (self.slot_prefill == 0)
         n_decode = int(np.count_nonzero(decoding))
@@ -244,13 +320,20 @@ class Engine:
         take = np.minimum(np.maximum(budget - before, 0), want)
         new_tokens = decoding.astype(np.int64)
         new_tokens[prefilling] = take
-        active = self._preempt_until_fits(new_tokens, t0)
+        preempted_before = self.preemptions_total
+        self._preempt_until_fits(new_tokens, t0)
+        if self.backfill:
+            if self.preemptions_total == preempted_before:
+                self._admit_chunks(t0, new_tokens)
+            else:  # vLLM V1 admits nothing in a step that had to preempt: the cache is full
+                self.kv_blocked = bool(self.waiting)
+        active = self.slot_req >= 0
+        decoding = active & (self.slot_prefill == 0)
         # while it runs the step holds its sequences' slots and the KV blocks of the tokens it
         # computes (allocated when it is scheduled, as vLLM's V1 scheduler does)
         self.step_start_ns = t0
         self.step_start_running = int(np.count_nonzero(active))
         self.step_start_used_blocks = self._blocks(self.slot_kv[active] + new_tokens[active])
-        decoding &= active
         n_decode = int(decoding.sum())
         prefill_tokens = int(new_tokens[active & ~decoding].sum())
         kv_tokens = int(self.slot_kv[active].sum())

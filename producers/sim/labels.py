@@ -16,9 +16,10 @@ Two kinds:
   ready by then wait).
   The condition is read from the same true state (shares over the last 10 s), first match
   wins: request share > 1.3 x capacity share -> ingress-imbalance; prompt tokens per request
-  > 1.25 x the fleet's -> request-length-skew; admission blocked by a full KV cache (free
-  batch slots, requests waiting) more than half of the window -> kv-cache-pressure. Harm
-  without any of these is not labelled.
+  > 1.25 x the fleet's -> request-length-skew; admission blocked by a full KV cache (the
+  engine's own test: the queue's head did not fit beside free batch slots and token budget,
+  or the step had to preempt; requests waiting) more than half of the window ->
+  kv-cache-pressure. Harm without any of these is not labelled.
   A label opens after 2 harmed windows in a row (onset = the first one's start) and closes
   after 3 clean ones (end = the last harmed window's end).
 """

@@ -536,7 +536,7 @@ def test_admission_allocates_the_first_chunk_and_the_gauge_counts_what_was_alloc
     assert not engine.kv_blocked
     _, used_blocks, _ = engine.state_at(1)
     assert used_blocks == 1024 // engine.block_tokens  # one chunk allocated, not the prompt
-    engine.run_until(20_000_001)  # its second chunk, then the second prompt's turn
+    engine.run_until(20_000_001)  # the first step's sample: the gauge read after it
     assert engine.snap[0][2] * engine.kv_capacity_blocks == 1024 // engine.block_tokens
 
 

@@ -223,21 +223,23 @@ class Engine:
         self._evict_cached(self.kv_capacity_blocks - used_blocks)
         while self.waiting and self.n_running() < limit and budget > 0:
             req = self.waiting[0]
-            cached = self.cached_tokens.get(req, 0)
+            cached = self.cached_tokens.get(req, 0)  # whole blocks
             chunk = min(self._need_tokens(req) - cached, budget)
-            need = -(-(cached + chunk) // self.block_tokens) - cached // self.block_tokens
-            if used_blocks + cached // self.block_tokens + need > self.kv_capacity_blocks:
+            blocks = -(-(cached + chunk) // self.block_tokens)  # its cached ones and the chunk's
+            if used_blocks + blocks > self.kv_capacity_blocks:
                 self.kv_blocked = True
                 break
             slot = self._take(req, t)
             new_tokens[slot] = chunk
-            used_blocks += cached // self.block_tokens + need
+            used_blocks += blocks
             budget -= chunk
 
     def _evict_cached(self, free_blocks: int) -> None:
         """The prefix cache keeps a preempted request's blocks only while the free pool has
         room for them: blocks the running sequences take evict them (waiting order first
         keeps its cache; an approximation of vLLM's LRU free queue)."""
+        if not self.cached_tokens:  # the common case: no walk over the queue each step
+            return
         for req in self.waiting:
             cached = self.cached_tokens.get(req)
             if cached is None:
@@ -275,14 +277,17 @@ class Engine:
         )
         return slot
 
-    def _preempt_until_fits(self, new_tokens: np.ndarray, t: int) -> np.ndarray:
-        """Preempt latest-admitted sequences until the step's new tokens fit; returns mask."""
+    def _preempt_until_fits(self, new_tokens: np.ndarray, t: int) -> bool:
+        """Preempt latest-admitted sequences until the step's new tokens fit; returns whether
+        any was preempted."""
+        preempted = False
         while True:
             active = self.slot_req >= 0
             after = self.slot_kv + new_tokens
             blocks = self._blocks(after[active])
             if blocks <= self.kv_capacity_blocks or active.sum() <= 1:
-                return active
+                return preempted
+            preempted = True
             victim = int(np.flatnonzero(active)[np.argmax(self.slot_order[active])])
             self._preempt(victim, t)
             new_tokens[victim] = 0
@@ -320,10 +325,9 @@ class Engine:
         take = np.minimum(np.maximum(budget - before, 0), want)
         new_tokens = decoding.astype(np.int64)
         new_tokens[prefilling] = take
-        preempted_before = self.preemptions_total
-        self._preempt_until_fits(new_tokens, t0)
+        preempted = self._preempt_until_fits(new_tokens, t0)
         if self.backfill:
-            if self.preemptions_total == preempted_before:
+            if not preempted:
                 self._admit_chunks(t0, new_tokens)
             else:  # vLLM V1 admits nothing in a step that had to preempt: the cache is full
                 self.kv_blocked = bool(self.waiting)
